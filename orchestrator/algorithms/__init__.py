@@ -1,0 +1,52 @@
+"""RL algorithm pieces as pure tensor functions: KL estimators, losses, advantage estimators.
+
+Importing this package registers every estimator and loss in the registries below.
+"""
+
+from orchestrator.algorithms.registry import (
+    ADVANTAGE_ESTIMATORS,
+    KL_ESTIMATORS,
+    POLICY_LOSSES,
+    Registry,
+)
+from orchestrator.algorithms.kl import (
+    AdaptiveKLController,
+    FixedKLController,
+    kl_k1,
+    kl_k2,
+    kl_k3,
+    make_kl_controller,
+)
+from orchestrator.algorithms.losses import (
+    clipped_value_loss,
+    entropy_from_logits,
+    kl_loss_term,
+    masked_mean,
+    masked_whiten,
+    ppo_policy_loss,
+)
+from orchestrator.algorithms.advantages import gae, grpo, reinforce_pp, rloo, token_rewards
+
+__all__ = [
+    "ADVANTAGE_ESTIMATORS",
+    "KL_ESTIMATORS",
+    "POLICY_LOSSES",
+    "Registry",
+    "AdaptiveKLController",
+    "FixedKLController",
+    "kl_k1",
+    "kl_k2",
+    "kl_k3",
+    "make_kl_controller",
+    "clipped_value_loss",
+    "entropy_from_logits",
+    "kl_loss_term",
+    "masked_mean",
+    "masked_whiten",
+    "ppo_policy_loss",
+    "gae",
+    "grpo",
+    "reinforce_pp",
+    "rloo",
+    "token_rewards",
+]

@@ -1,0 +1,12 @@
+"""Pipelines by name: ``pipeline=<name>`` picks the driver loop ``run(cfg) -> dict``."""
+
+from __future__ import annotations
+
+import importlib
+
+PIPELINES = {"rlhf": "orchestrator.pipelines.rlhf"}
+
+
+def get_pipeline(name: str):
+    """The ``run`` function of pipeline ``name`` (validated beforehand by config.validate)."""
+    return importlib.import_module(PIPELINES[name]).run

@@ -1,0 +1,93 @@
+"""RLHF: PPO with a critic (``algorithm.estimator=gae``) or critic-free GRPO / RLOO / REINFORCE++.
+
+One step, as on paper:
+  1. sample ``n_samples`` responses per prompt from the current policy (rollout engines);
+  2. score them (reward actor), and get reference, old-policy log-probs and values (concurrently);
+  3. KL to the reference as a per-token reward penalty (``kl_mode=reward``) or a loss term (``loss``);
+  4. advantages from the named estimator; 5. clipped-surrogate policy (and value) updates;
+  6. push the new weights into every rollout engine; log the step.
+Assumes a causal LM policy whose tokenizer has a pad or eos token. Sequence rewards only (the
+reward is given at the last response token). The KL reported (``kl``) is the per-sequence sum of
+``log pi - log pi_ref`` over response tokens, averaged over the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from orchestrator.algorithms import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, make_kl_controller, masked_whiten
+from orchestrator.batching import pack_samples, with_fields
+from orchestrator.data import PromptLoader
+from orchestrator.placement import rlhf_roles
+from orchestrator.roles import RLHFRoles
+from orchestrator.run import RunContext
+from orchestrator.runtime import wait_timed
+from orchestrator.weight_sync import make_weight_sync
+
+
+def run(cfg) -> dict:
+    """Train the policy for ``trainer.max_steps`` steps; returns the last step's metrics."""
+    a = cfg.algorithm
+    with RunContext(cfg) as ctx:
+        roles = RLHFRoles(cfg, ctx.model_path, ctx.place(rlhf_roles(cfg)))
+        sync = make_weight_sync(cfg, roles.policy, roles.rollout)
+        estimator = ADVANTAGE_ESTIMATORS.get(a.estimator)
+        kl_fn = KL_ESTIMATORS.get(a.kl_estimator)
+        kl_ctl = make_kl_controller(a.kl_coef, a.kl_target, a.kl_horizon)
+        loader = PromptLoader(ctx.prompt_rows, cfg.trainer.rollout_batch_size, cfg.seed)
+        metrics: dict = {}
+        for step in ctx.steps():
+            rows = next(loader)
+            with ctx.phase("generate"):
+                samples = roles.generate(ctx.encode(rows), a.n_samples, seed=cfg.seed * 100003 + step * 1009)
+            batch = pack_samples(samples, ctx.pad_id)
+            mask = batch["response_mask"]
+            prompts = [ctx.decode(s["prompt_ids"]) for s in samples]
+            responses = [ctx.decode(s["response_ids"]) for s in samples]
+
+            calls = {"reward": [roles.reward.score.remote(prompts, responses)],
+                     "reference": [roles.reference.logprobs.remote(batch)],
+                     "old_logprobs": roles.policy.submit("logprobs", batch)}
+            if roles.critic is not None:
+                calls["values"] = roles.critic.submit("values", batch)
+            results, seconds = wait_timed(calls, cfg.cluster.call_timeout_s)
+            ctx.times.update({f"time/{k}": v for k, v in seconds.items()})
+            scores = results["reward"][0]
+            rewards = torch.tensor(scores["reward"])
+            ref_logp, old_logp = results["reference"][0], torch.cat(results["old_logprobs"])
+            values = torch.cat(results["values"]) if roles.critic is not None else None
+
+            kl = kl_fn(old_logp, ref_logp) * mask
+            penalty = kl_ctl.coef * kl if a.kl_mode == "reward" else torch.zeros_like(kl)
+            advantages, returns = estimator(rewards, penalty, mask, values, a.n_samples, a.gamma, a.lam)
+            if a.estimator == "gae" and a.whiten_advantages:
+                advantages = masked_whiten(advantages, mask) * mask
+
+            train_batch = with_fields(batch, old_logprobs=old_logp, ref_logprobs=ref_logp, advantages=advantages,
+                                      returns=returns, old_values=values, kl_coef=kl_ctl.coef)
+            with ctx.phase("train"):
+                policy_stats = roles.policy.train(train_batch, a.ppo_epochs, seed=cfg.seed + step)
+                critic_stats = roles.critic.train(train_batch, a.ppo_epochs, seed=cfg.seed + step) if roles.critic else {}
+            with ctx.phase("weight_sync"):
+                sync.push()
+
+            seq_kl = float((kl_fn(old_logp, ref_logp) * mask).sum(-1).mean())
+            kl_ctl.update(seq_kl, len(samples))
+            n_tokens = float(mask.sum())
+            metrics = {
+                "reward/mean": float(rewards.mean()), "reward/std": float(rewards.std(unbiased=False)),
+                **{f"{k}/mean": sum(v) / len(v) for k, v in scores.items() if k != "reward"},
+                "kl": seq_kl, "kl_coef": kl_ctl.coef, "entropy": policy_stats.get("entropy", 0.0),
+                "loss/policy": policy_stats["loss"], "clipfrac": policy_stats.get("clipfrac", 0.0),
+                "grad_norm/policy": policy_stats.get("grad_norm", 0.0),
+                "response_length/mean": n_tokens / len(samples),
+                "tokens_per_second": n_tokens / max(ctx.times["time/generate"], 1e-9),
+                "epoch": loader.epoch,
+            }
+            if critic_stats:
+                metrics["loss/value"] = critic_stats["loss"]
+            ctx.log(step, metrics)
+        if cfg.trainer.save_final:
+            ctx.save_final(roles.policy)
+        print(ctx.summary())
+        return metrics

@@ -1,0 +1,1 @@
+"""Reward functions shipped with Tether (examples and rule-based rewards for tests)."""

@@ -1,0 +1,156 @@
+"""Everything a pipeline needs that is not its algorithm.
+
+``RunContext`` checks input before any actor starts (config, data, reward function, resources),
+owns the output folder, the tokenizer, the tracker, the progress bar and the per-phase timers,
+and writes the final HF-format model atomically. If a run fails before its first step is logged,
+the output folder it created is removed: a failed start leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import ray
+from omegaconf import OmegaConf
+
+from orchestrator.config import validate
+from orchestrator.data import load_prompt_rows, render_prompt
+from orchestrator.errors import ConfigError
+from orchestrator.models import resolve_model_path
+from orchestrator.placement import Placement
+from orchestrator.rewards.loader import load_reward_function, resolve_file
+from orchestrator.runtime import start_ray
+from orchestrator.tracking import Tracker
+
+log = logging.getLogger("tether")
+
+
+def resolve_data_path(path: str) -> str:
+    """A data path relative to the current folder, else to the project root; names pass through."""
+    resolved = resolve_file(path)
+    return str(resolved) if resolved.exists() else path
+
+
+class RunContext:
+    """Output folder, tokenizer, tracker, timers and progress for one pipeline run."""
+
+    def __init__(self, cfg):
+        validate(cfg)
+        self.cfg = cfg
+        self.output_dir = Path(cfg.output_dir).expanduser().resolve()
+        if (self.output_dir / "metrics.jsonl").exists():
+            raise ConfigError(f"output_dir={cfg.output_dir!r} already holds a run (metrics.jsonl); choose another")
+        self.prompt_rows = load_prompt_rows(resolve_data_path(cfg.data.path), cfg.data.prompt_key, cfg.data.split)
+        self.eval_rows = (load_prompt_rows(resolve_data_path(cfg.data.eval_path), cfg.data.prompt_key, cfg.data.split)
+                          if cfg.data.eval_path else [])
+        if cfg.reward.function:
+            load_reward_function(cfg.reward.function)
+        if cfg.reward.model_path and not (Path(cfg.reward.model_path) / "config.json").is_file():
+            raise ConfigError(f"reward.model_path={cfg.reward.model_path!r}: not a model folder (no config.json)")
+        self.model_path = resolve_model_path(cfg.model)
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=cfg.model.trust_remote_code)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        start_ray(cfg.cluster)
+        self.times: dict[str, float] = {}
+        self.tracker: Tracker | None = None
+        self.placements: list[Placement] = []
+        self._created_dir = not self.output_dir.exists()
+        self.steps_logged = 0
+
+    def __enter__(self) -> "RunContext":
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.tracker is not None:
+            self.tracker.close()
+        for p in self.placements:
+            p.remove()
+        if exc_type is not None and self.steps_logged == 0 and self._created_dir:
+            shutil.rmtree(self.output_dir, ignore_errors=True)
+
+    # ---- set-up helpers --------------------------------------------------------------------
+    def place(self, roles) -> Placement:
+        """A placement group for ``roles`` (fails fast when the cluster is too small)."""
+        placement = Placement(roles, self.cfg.cluster.placement_strategy, self.cfg.cluster.placement_timeout_s)
+        self.placements.append(placement)
+        return placement
+
+    def encode(self, rows: list[dict]) -> list[list[int]]:
+        """Chat-templated, left-truncated prompt token ids."""
+        limit = self.cfg.data.max_prompt_tokens
+        ids = []
+        for row in rows:
+            text = render_prompt(self.tokenizer, row[self.cfg.data.prompt_key])
+            tokens = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids.append(tokens[-limit:])
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        """Token ids -> text without special tokens."""
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    # ---- progress, timing, logging ----------------------------------------------------------
+    def steps(self):
+        """Step numbers 1..max_steps, with a progress bar when enabled."""
+        steps = range(1, self.cfg.trainer.max_steps + 1)
+        if self.cfg.logger.progress_bar:
+            from tqdm import tqdm
+
+            return tqdm(steps, desc=f"{self.cfg.pipeline}", unit="step", dynamic_ncols=True)
+        return steps
+
+    @contextmanager
+    def phase(self, name: str):
+        """Time a phase of the step; reported as ``time/<name>`` in seconds."""
+        start = time.perf_counter()
+        yield
+        self.times[f"time/{name}"] = self.times.get(f"time/{name}", 0.0) + time.perf_counter() - start
+
+    def log(self, step: int, metrics: dict) -> None:
+        """Write one metrics row (with the phase times) and reset the timers."""
+        if self.tracker is None:
+            c = self.cfg
+            name = c.logger.run_name or f"{c.pipeline}-{c.algorithm.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            self.tracker = Tracker(str(self.output_dir), OmegaConf.to_container(c, resolve=True), name,
+                                   wandb=c.logger.wandb, wandb_project=c.logger.wandb_project,
+                                   wandb_group=c.logger.wandb_group, tensorboard=c.logger.tensorboard)
+            OmegaConf.save(c, self.output_dir / "config.yaml", resolve=True)
+        row = {**metrics, **self.times}
+        self.tracker.log(step, row)
+        self.times = {}
+        self.steps_logged += 1
+        if not self.cfg.logger.progress_bar:
+            keys = ("reward/mean", "kl", "loss/policy", "time/step")
+            log.info("step %d %s", step, " ".join(f"{k}={row[k]:.4g}" for k in keys if k in row))
+
+    def save_final(self, group) -> Path:
+        """Write ``<output_dir>/final`` (HF format, safetensors + tokenizer), atomically."""
+        final = self.output_dir / "final"
+        tmp = self.output_dir / ".final.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        group.save_pretrained(str(tmp), self.model_path)
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        return final
+
+    def summary(self) -> str:
+        """Where the run's outputs are, for the closing message."""
+        lines = [f"output_dir: {self.output_dir}"]
+        if self.tracker is not None:
+            lines += [f"{k}: {v}" for k, v in self.tracker.locations().items()]
+        if (self.output_dir / "final").exists():
+            lines.append(f"final model: {self.output_dir / 'final'}")
+        if ray.is_initialized():
+            url = ray.get_runtime_context().dashboard_url if hasattr(ray.get_runtime_context(), "dashboard_url") else None
+            if url:
+                lines.append(f"ray dashboard: http://{url}")
+        return "\n".join(lines)

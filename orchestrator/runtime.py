@@ -1,0 +1,102 @@
+"""Ray session set-up and bounded remote waits.
+
+``start_ray`` connects to ``cluster.address`` (or ``$RAY_ADDRESS``) or starts a local Ray bound to
+127.0.0.1. ``wait`` is the one place the driver blocks on actors: every wait has a timeout and
+an error naming what it waited for, and a user-facing error raised inside an actor comes back
+as the same one-line error.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+from orchestrator.errors import ResourceError, TetherError, WorkerError
+from orchestrator.models import default_cache_dir
+
+QUIET_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "VLLM_LOGGING_LEVEL": "WARNING",
+    "VLLM_CONFIGURE_LOGGING": "1",
+    "PYTHONWARNINGS": "ignore",
+}
+
+
+def actor_env() -> dict:
+    """Environment variables every actor of a run gets."""
+    cache = default_cache_dir()
+    env = dict(QUIET_ENV)
+    env.setdefault("TETHER_CACHE", str(cache))
+    env["TORCH_EXTENSIONS_DIR"] = os.environ.get("TORCH_EXTENSIONS_DIR", str(cache / "torch_extensions"))
+    env["VLLM_CACHE_ROOT"] = os.environ.get("VLLM_CACHE_ROOT", str(cache / "vllm"))
+    for key in ("WANDB_API_KEY", "WANDB_MODE"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    return env
+
+
+def start_ray(cluster_cfg) -> None:
+    """Connect to the configured cluster, or start a local one on this machine."""
+    for key, value in actor_env().items():
+        os.environ.setdefault(key, value)
+    if ray.is_initialized():
+        return
+    address = cluster_cfg.address or os.environ.get("RAY_ADDRESS")
+    kwargs = {"runtime_env": {"env_vars": actor_env()}, "log_to_driver": True,
+              "logging_level": "WARNING"}
+    if address:
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError) as exc:
+            raise ResourceError(f"cluster.address={address!r}: cannot connect to Ray: {exc}".splitlines()[0]) from exc
+    else:
+        ray.init(num_cpus=cluster_cfg.num_cpus, include_dashboard=False, **kwargs)
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The user-facing error inside a Ray task error, if there is one."""
+    while isinstance(getattr(exc, "cause", None), BaseException):
+        exc = exc.cause
+    return exc
+
+
+def wait(refs, what: str, timeout_s: float):
+    """``ray.get`` with a timeout; errors name ``what`` (for example ``reward.score``)."""
+    try:
+        return ray.get(refs, timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        raise WorkerError(f"{what} did not finish within {timeout_s:g}s (cluster.call_timeout_s)") from None
+    except ray.exceptions.RayTaskError as exc:
+        inner = unwrap(exc)
+        if isinstance(inner, TetherError):
+            raise type(inner)(str(inner).splitlines()[0]) from None
+        raise WorkerError(f"{what} failed: {type(inner).__name__}: {str(inner).strip().splitlines()[-1]}") from exc
+    except ray.exceptions.RayActorError as exc:
+        inner = unwrap(exc)
+        if isinstance(inner, TetherError):
+            raise type(inner)(str(inner).splitlines()[0]) from None
+        raise WorkerError(f"{what}: actor died: {str(exc).strip().splitlines()[0]}") from exc
+
+
+def wait_timed(named_refs: dict[str, list], timeout_s: float) -> tuple[dict[str, list], dict[str, float]]:
+    """Wait for several concurrent calls; returns results and each one's seconds since launch."""
+    import time
+
+    start = time.perf_counter()
+    owner = {ref: name for name, refs in named_refs.items() for ref in refs}
+    left = {name: len(refs) for name, refs in named_refs.items()}
+    pending, seconds = list(owner), {}
+    while pending:
+        remaining = timeout_s - (time.perf_counter() - start)
+        done, pending = ray.wait(pending, num_returns=1, timeout=max(remaining, 0))
+        if not done:
+            names = sorted({owner[r] for r in pending})
+            raise WorkerError(f"{', '.join(names)} did not finish within {timeout_s:g}s (cluster.call_timeout_s)")
+        name = owner[done[0]]
+        left[name] -= 1
+        if left[name] == 0:
+            seconds[name] = time.perf_counter() - start
+    return {name: wait(refs, name, timeout_s) for name, refs in named_refs.items()}, seconds

@@ -1,0 +1,56 @@
+"""Weight sync: policy trainer rank 0 -> every rollout engine, after each policy update.
+
+Two implementations behind one ``push()``:
+
+- ``ObjectStoreSync`` (CPU, and the ``hf`` backend anywhere): rank 0 gathers the full weights
+  (ZeRO-3 included), puts them in the Ray object store once, and every engine loads them
+  (vLLM: the worker's ``reload_weights`` then a prefix-cache reset).
+- ``NcclSync`` (GPU with vLLM): one NCCL group made of trainer rank 0 and every engine's
+  workers; rank 0 broadcasts each tensor and the engines load them as they arrive
+  (``workers.vllm_weight_ext``).
+"""
+
+from __future__ import annotations
+
+from orchestrator.roles import TrainerGroup
+from orchestrator.runtime import wait
+
+
+class ObjectStoreSync:
+    """Weights through the Ray object store."""
+
+    def __init__(self, policy: TrainerGroup, engines: list, timeout_s: float):
+        self.policy, self.engines, self.timeout_s = policy, engines, timeout_s
+
+    def push(self) -> None:
+        """Send the current policy weights to every engine and wait until all have them."""
+        ref = self.policy.state_dict_ref()
+        wait([e.load_weights.remote(ref) for e in self.engines], "weight_sync.load_weights", self.timeout_s)
+
+
+class NcclSync:
+    """Weights broadcast over NCCL from policy rank 0 to every vLLM engine."""
+
+    def __init__(self, policy: TrainerGroup, engines: list, tp_size: int, timeout_s: float):
+        self.policy, self.engines, self.timeout_s = policy, engines, timeout_s
+        rank0 = policy.ranks[0]
+        addr, port = wait(rank0.rendezvous_address.remote(), "weight_sync rendezvous", timeout_s)
+        world = 1 + len(engines) * tp_size
+        refs = [rank0.init_weight_sender.remote(addr, port, world)]
+        refs += [e.init_weight_group.remote(addr, port, 1 + i * tp_size, world) for i, e in enumerate(engines)]
+        wait(refs, "weight_sync NCCL group set-up", timeout_s)
+
+    def push(self) -> None:
+        """Broadcast the current weights; every rank gathers (ZeRO-3), rank 0 sends."""
+        specs = wait(self.policy.ranks[0].weight_specs.remote(), "weight_sync.specs", self.timeout_s)
+        receivers = [e.receive_weights.remote(specs) for e in self.engines]
+        senders = [r.broadcast_weights.remote() for r in self.policy.ranks]
+        wait(senders + receivers, "weight_sync.broadcast", self.timeout_s)
+
+
+def make_weight_sync(cfg, policy: TrainerGroup, engines: list):
+    """The sync that fits the config: NCCL for vLLM on GPU, the object store otherwise."""
+    timeout = cfg.cluster.call_timeout_s
+    if cfg.device == "cuda" and cfg.rollout.backend == "vllm":
+        return NcclSync(policy, engines, cfg.rollout.tensor_parallel_size, timeout)
+    return ObjectStoreSync(policy, engines, timeout)

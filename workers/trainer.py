@@ -1,0 +1,188 @@
+"""TrainerRank: one DeepSpeed ZeRO rank of the policy or critic, as a Ray actor.
+
+A group of ``num_ranks`` actors forms one torch.distributed world that the actors set up
+themselves (MASTER_ADDR/PORT, RANK, WORLD_SIZE; gloo on CPU, NCCL on GPU). The driver gives each
+rank an equal shard of the step's batch; each rank walks its shard in mini-batches (one optimizer
+step each, gradients averaged across ranks by DeepSpeed) and micro-batches (gradient accumulation).
+The critic is ``AutoModelForTokenClassification`` with one label: a value per token.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+
+from orchestrator.algorithms import POLICY_LOSSES, clipped_value_loss, entropy_from_logits, kl_loss_term, masked_mean
+from workers.common import (DTYPES, batched_logprobs, device_for, gather_logprobs, response_logits,
+                            response_tokens, setup_process, split_batch, to_device)
+
+
+def deepspeed_config(cfg: dict, per_rank_mini: int) -> dict:
+    """DeepSpeed config for one optimizer step per mini-batch of ``per_rank_mini`` rows per rank."""
+    micro = min(cfg["micro_batch_size"], per_rank_mini)
+    zero = {"stage": cfg["zero_stage"]}
+    if cfg["zero_stage"] == 3:
+        zero.update(stage3_param_persistence_threshold=0, stage3_prefetch_bucket_size=0)
+    return {
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": max(1, per_rank_mini // micro),
+        "gradient_clipping": cfg["grad_clip"],
+        "zero_optimization": zero,
+        "bf16": {"enabled": cfg["dtype"] == "bfloat16"},
+        "fp16": {"enabled": cfg["dtype"] == "float16"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+class TrainerRank:
+    """One rank of a policy or critic training group."""
+
+    def __init__(self, role: str, model_path: str, cfg: dict, rank: int, world_size: int):
+        setup_process(cfg["seed"], cfg.get("torch_threads"))
+        self.role, self.model_path, self.cfg, self.rank, self.world_size = role, model_path, cfg, rank, world_size
+        self.device = device_for(cfg["device"])
+
+    def rendezvous_address(self) -> tuple[str, int]:
+        """This node's IP and a free port (asked of rank 0 before ``setup``)."""
+        import socket
+
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def setup(self, master_addr: str, master_port: int) -> int:
+        """Join the process group and build the DeepSpeed engine (all ranks call this together)."""
+        cfg, rank = self.cfg, self.rank
+        local_rank = str(torch.cuda.current_device()) if cfg["device"] == "cuda" else "0"
+        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
+                          WORLD_SIZE=str(self.world_size), LOCAL_RANK=local_rank)
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="nccl" if cfg["device"] == "cuda" else "gloo",
+                                   timeout=timedelta(seconds=cfg["dist_timeout_s"]))
+        self.per_rank_mini = cfg["mini_batch_size"] // self.world_size
+        ds_config = deepspeed_config(cfg, self.per_rank_mini)
+        if cfg["zero_stage"] == 3:  # must exist before the model is built, or HF init is skipped
+            from transformers.integrations import HfDeepSpeedConfig
+
+            self._hf_ds = HfDeepSpeedConfig(ds_config)
+        model = self._build_model(self.model_path)
+        optim = torch.optim.AdamW(model.parameters(), lr=cfg["critic_lr" if self.role == "critic" else "lr"],
+                                  weight_decay=cfg["weight_decay"])
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optim, config=ds_config)
+        return rank
+
+    def _build_model(self, path: str):
+        from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
+
+        kwargs = dict(dtype=DTYPES[self.cfg["dtype"]], use_safetensors=True,
+                      trust_remote_code=self.cfg["trust_remote_code"])
+        if self.role == "critic":
+            model = AutoModelForTokenClassification.from_pretrained(path, num_labels=1, **kwargs)
+            if model.config.pad_token_id is None:
+                model.config.pad_token_id = model.config.eos_token_id
+            return model
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+    # ---- forward-only calls -------------------------------------------------------------
+    def logprobs(self, batch: dict) -> torch.Tensor:
+        """Policy log-probs ``[B, T]`` of this rank's shard (the "old" log-probs of PPO)."""
+        self.engine.eval()
+        return batched_logprobs(self.engine.module, batch, self.cfg["micro_batch_size"])
+
+    @torch.no_grad()
+    def values(self, batch: dict) -> torch.Tensor:
+        """Critic values ``[B, T]`` for this rank's shard."""
+        self.engine.eval()
+        parts = []
+        for chunk in split_batch(batch, self.cfg["micro_batch_size"]):
+            parts.append((self._values(to_device(chunk, self.device)) * chunk["response_mask"].to(self.device)).cpu())
+        return torch.cat(parts)
+
+    def _values(self, batch: dict) -> torch.Tensor:
+        return response_logits(self.engine, batch)[..., 0]
+
+    # ---- training -------------------------------------------------------------------------
+    def train(self, batch: dict, epochs: int, seed: int) -> dict[str, float]:
+        """Run ``epochs`` passes of mini-batch updates over this rank's shard; returns mean metrics."""
+        self.engine.train()
+        sums: dict[str, float] = {}
+        count = 0
+        gen = torch.Generator().manual_seed(seed)
+        n = batch["input_ids"].shape[0]
+        micro = min(self.cfg["micro_batch_size"], self.per_rank_mini)
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=gen)
+            shuffled = {k: (v[order] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+            for chunk in split_batch(shuffled, micro):
+                chunk = to_device(chunk, self.device)
+                loss, stats = self._policy_loss(chunk) if self.role == "policy" else self._value_loss(chunk)
+                self.engine.backward(loss)
+                self.engine.step()
+                stats["loss"] = float(loss.detach())
+                norm = self.engine.get_global_grad_norm()
+                if norm is not None:
+                    stats["grad_norm"] = float(norm)
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+        return {k: v / count for k, v in sums.items()}
+
+    def _policy_loss(self, b: dict):
+        a = self.cfg["algorithm"]
+        logits = response_logits(self.engine, b)
+        logp = gather_logprobs(logits, response_tokens(b))
+        mask = b["response_mask"]
+        loss, stats = POLICY_LOSSES.get(a["policy_loss"])(logp, b["old_logprobs"], b["advantages"], mask, a["clip_eps"])
+        entropy = masked_mean(entropy_from_logits(logits), mask)
+        stats["entropy"] = float(entropy.detach())
+        loss = loss - a["entropy_coef"] * entropy
+        if a["kl_mode"] == "loss":
+            kl = kl_loss_term(logp, b["ref_logprobs"], mask, a["kl_estimator"])
+            loss = loss + b["kl_coef"] * kl
+            stats["kl_loss"] = float(kl.detach())
+        return loss, stats
+
+    def _value_loss(self, b: dict):
+        values = self._values(b)
+        loss = clipped_value_loss(values, b["old_values"], b["returns"], b["response_mask"],
+                                  self.cfg["algorithm"]["value_clip_eps"])
+        return loss, {}
+
+    # ---- weights out ------------------------------------------------------------------------
+    def _gathered(self):
+        import deepspeed
+
+        params = list(self.engine.module.parameters())
+        if self.cfg["zero_stage"] == 3:
+            return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+        from contextlib import nullcontext
+
+        return nullcontext()
+
+    def state_dict_for_sync(self) -> list[tuple[str, torch.Tensor]] | None:
+        """Full weights on rank 0 (every rank must call: ZeRO-3 gathers); None elsewhere."""
+        with self._gathered():
+            if self.rank != 0:
+                return None
+            return [(k, v.detach().to("cpu", copy=True)) for k, v in self.engine.module.state_dict().items()]
+
+    def save_pretrained(self, path: str, tokenizer_path: str | None = None) -> None:
+        """Write the model in HF format (safetensors) to ``path``; rank 0 writes, all ranks gather."""
+        with self._gathered():
+            if self.rank == 0:
+                self.engine.module.save_pretrained(path, safe_serialization=True)
+                if tokenizer_path:
+                    from transformers import AutoTokenizer
+
+                    AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(path)
+        import torch.distributed as dist
+
+        dist.barrier()
+
