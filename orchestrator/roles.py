@@ -54,6 +54,10 @@ class TrainerGroup:
         """Current-policy log-probs ``[B, T]``."""
         return torch.cat(self._each("logprobs", batch, "logprobs"))
 
+    def values(self, batch: dict) -> torch.Tensor:
+        """Critic values ``[B, T]``."""
+        return torch.cat(self._each("values", batch, "values"))
+
     def train(self, batch: dict, epochs: int, seed: int) -> dict[str, float]:
         """One round of updates on every rank; metrics averaged over ranks."""
         results = self._each("train", batch, "train", epochs=epochs, seed=seed)

@@ -39,11 +39,12 @@ class NcclSync:
         refs = [rank0.init_weight_sender.remote(addr, port, world)]
         refs += [e.init_weight_group.remote(addr, port, 1 + i * tp_size, world) for i, e in enumerate(engines)]
         wait(refs, "weight_sync NCCL group set-up", timeout_s)
+        # names, dtypes and shapes never change: ask once (every rank takes part in the ZeRO-3 gather)
+        self.specs = wait([r.weight_specs.remote() for r in policy.ranks], "weight_sync.specs", timeout_s)[0]
 
     def push(self) -> None:
         """Broadcast the current weights; every rank gathers (ZeRO-3), rank 0 sends."""
-        specs = wait(self.policy.ranks[0].weight_specs.remote(), "weight_sync.specs", self.timeout_s)
-        receivers = [e.receive_weights.remote(specs) for e in self.engines]
+        receivers = [e.receive_weights.remote(self.specs) for e in self.engines]
         senders = [r.broadcast_weights.remote() for r in self.policy.ranks]
         wait(senders + receivers, "weight_sync.broadcast", self.timeout_s)
 

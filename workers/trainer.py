@@ -173,6 +173,37 @@ class TrainerRank:
                 return None
             return [(k, v.detach().to("cpu", copy=True)) for k, v in self.engine.module.state_dict().items()]
 
+    def weights_checksum(self) -> float:
+        """Sum of all parameters (every rank calls; ZeRO-3 gathers) - ranks must agree."""
+        with self._gathered():
+            return float(sum(p.detach().double().sum() for p in self.engine.module.parameters()))
+
+    # ---- GPU weight sync (NCCL broadcast to vLLM engines, see orchestrator.weight_sync) ------
+    def init_weight_sender(self, master_addr: str, master_port: int, world_size: int) -> None:
+        """Rank 0 joins the NCCL group of the rollout engines as its rank 0."""
+        from workers.nccl_weight_sender import init_sender_group
+
+        self._sender = init_sender_group(master_addr, master_port, world_size, self.device)
+
+    def _sync_tensors(self) -> list:
+        dtype = DTYPES[self.cfg["dtype"]]
+        return [(k, v.detach().to(dtype)) for k, v in self.engine.module.state_dict().items()]
+
+    def weight_specs(self) -> list:
+        """(name, dtype, shape) of every tensor a sync will send, in order."""
+        from workers.nccl_weight_sender import weight_specs
+
+        with self._gathered():
+            return weight_specs(self._sync_tensors())
+
+    def broadcast_weights(self) -> None:
+        """Every rank gathers (ZeRO-3); rank 0 broadcasts each tensor to the engines."""
+        from workers.nccl_weight_sender import broadcast_weights
+
+        with self._gathered():
+            if self.rank == 0:
+                broadcast_weights(self._sender, self._sync_tensors())
+
     def save_pretrained(self, path: str, tokenizer_path: str | None = None) -> None:
         """Write the model in HF format (safetensors) to ``path``; rank 0 writes, all ranks gather."""
         with self._gathered():
