@@ -7,8 +7,9 @@ values whose valid set is only known at run time (registries) and raises a one-l
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import List, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -129,6 +130,7 @@ class TrainerConfig:
     mini_batch_size: int = 8  # samples per optimizer step (across ranks)
     micro_batch_size: int = 8  # samples per forward on one rank
     lr_warmup_steps: int = 0
+    eval_every: int = 0  # score data.eval_path prompts every N steps (0: only after the last step)
     save_final: bool = True  # write <output_dir>/final in HF format
     dist_timeout_s: int = 300  # torch.distributed collective timeout
 
@@ -140,6 +142,7 @@ class ClusterConfig:
     address: Optional[str] = None  # Ray address; null = $RAY_ADDRESS or a local Ray started here
     num_cpus: Optional[int] = None  # CPUs of the local Ray (null = all)
     placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
+    colocate: List[List[str]] = field(default_factory=list)  # role groups sharing bundles, e.g. [[reference, reward]]
     placement_timeout_s: float = 30.0  # fail if the placement group is not ready by then
     call_timeout_s: float = 600.0  # bound on any single remote call
     torch_threads: int = 1  # intra-op threads per actor on CPU
@@ -222,5 +225,12 @@ def validate(cfg) -> None:
     if cfg.trainer.mini_batch_size % cfg.trainer.num_ranks:
         raise ConfigError(f"trainer.mini_batch_size={cfg.trainer.mini_batch_size} must be a multiple of "
                           f"trainer.num_ranks={cfg.trainer.num_ranks}")
+    roles = {"rollout", "reward", "reference", "policy", "critic"}
+    for group in cfg.cluster.colocate:
+        unknown = [r for r in group if r not in roles]
+        if unknown:
+            raise ConfigError(f"cluster.colocate: unknown role {unknown[0]!r}; roles are: {', '.join(sorted(roles))}")
+    if cfg.rollout.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ConfigError("rollout.backend=vllm but vLLM is not installed: install '.[cpu]' or '.[gpu]', or use rollout=hf")
     if cfg.reward.function is None and cfg.reward.model_path is None:
         raise ConfigError("reward: set reward.function=FILE.py:NAME or reward.model_path=DIR (both null)")

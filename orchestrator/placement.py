@@ -60,18 +60,40 @@ def check_fits(roles: list[RoleSpec], available: dict) -> None:
                                 f"lower the per-role num_{resource.lower()}s or add nodes")
 
 
-class Placement:
-    """One placement group holding a bundle per actor; ``options(role, i)`` places actor i."""
+def _groups(roles: list[RoleSpec], colocate) -> list[list[RoleSpec]]:
+    """Roles grouped by ``cluster.colocate`` (each role not named there is its own group)."""
+    by_name = {r.name: r for r in roles}
+    groups, seen = [], set()
+    for names in colocate or []:
+        group = [by_name[n] for n in names if n in by_name and n not in seen]
+        seen.update(r.name for r in group)
+        if group:
+            groups.append(group)
+    return groups + [[r] for r in roles if r.name not in seen]
 
-    def __init__(self, roles: list[RoleSpec], strategy: str, timeout_s: float):
+
+class Placement:
+    """One placement group; ``options(role, i)`` places actor ``i`` of ``role`` in its bundle.
+
+    Each actor has a bundle of its own, except for roles colocated by ``cluster.colocate``
+    (for example ``[[reference, reward]]`` or ``[[policy, critic]]``): actor ``i`` of every role
+    in such a group shares bundle ``i``, which holds the sum of their resources.
+    """
+
+    def __init__(self, roles: list[RoleSpec], strategy: str, timeout_s: float, colocate=None):
         check_fits(roles, ray.cluster_resources())
         self.roles = roles
         self.index: dict[tuple[str, int], int] = {}
-        bundles = []
-        for role in roles:
-            for i in range(role.count):
-                self.index[(role.name, i)] = len(bundles)
-                bundles.append(role.bundle())
+        bundles: list[dict] = []
+        for group in _groups(roles, colocate):
+            for i in range(max(r.count for r in group)):
+                bundle: dict = {}
+                for role in group:
+                    if i < role.count:
+                        self.index[(role.name, i)] = len(bundles)
+                        for k, v in role.bundle().items():
+                            bundle[k] = bundle.get(k, 0.0) + v
+                bundles.append(bundle)
         self.pg = placement_group(bundles, strategy=strategy)
         try:
             ray.get(self.pg.ready(), timeout=timeout_s)

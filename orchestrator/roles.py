@@ -98,10 +98,16 @@ class RLHFRoles:
         wait([w.ready.remote() for w in self.rollout], "rollout engine start-up", t)
         wait(self.reward.ready.remote(), "reward start-up", t)
 
-    def generate(self, prompt_ids: list[list[int]], n: int, seed: int) -> list[dict]:
+    def generate(self, prompt_ids: list[list[int]], n: int, seed: int, greedy: bool = False) -> list[dict]:
         """Split the prompts between the rollout actors; samples come back in prompt order."""
         k = len(self.rollout)
         size = -(-len(prompt_ids) // k)
         parts = [(i, prompt_ids[i * size : (i + 1) * size]) for i in range(k)]
-        refs = [w.generate.remote(p, n, seed + i * size) for w, (i, p) in zip(self.rollout, parts) if p]
+        refs = [w.generate.remote(p, n, seed + i * size, greedy) for w, (i, p) in zip(self.rollout, parts) if p]
         return [s for part in wait(refs, "rollout.generate", self.timeout_s) for s in part]
+
+    def score(self, samples: list[dict], decode) -> dict[str, list[float]]:
+        """Rewards (and their parts) of decoded samples."""
+        prompts = [decode(s["prompt_ids"]) for s in samples]
+        responses = [decode(s["response_ids"]) for s in samples]
+        return wait(self.reward.score.remote(prompts, responses), "reward.score", self.timeout_s)

@@ -79,7 +79,8 @@ class RunContext:
     # ---- set-up helpers --------------------------------------------------------------------
     def place(self, roles) -> Placement:
         """A placement group for ``roles`` (fails fast when the cluster is too small)."""
-        placement = Placement(roles, self.cfg.cluster.placement_strategy, self.cfg.cluster.placement_timeout_s)
+        c = self.cfg.cluster
+        placement = Placement(roles, c.placement_strategy, c.placement_timeout_s, c.colocate)
         self.placements.append(placement)
         return placement
 

@@ -59,18 +59,19 @@ class RolloutWorker:
         """Returns once the engine is built (used to surface start-up errors early)."""
         return True
 
-    def generate(self, prompt_ids: list[list[int]], n: int, seed: int) -> list[dict]:
-        """Sample ``n`` responses per prompt; returns ``len(prompt_ids) * n`` dicts."""
+    def generate(self, prompt_ids: list[list[int]], n: int, seed: int, greedy: bool = False) -> list[dict]:
+        """Sample ``n`` responses per prompt (greedy: temperature 0); returns ``len(prompt_ids) * n`` dicts."""
+        temperature = 0.0 if greedy else self.cfg["temperature"]
         if self.backend == "vllm":
-            return self._generate_vllm(prompt_ids, n, seed)
-        return self._generate_hf(prompt_ids, n, seed)
+            return self._generate_vllm(prompt_ids, n, seed, temperature)
+        return self._generate_hf(prompt_ids, n, seed, temperature)
 
-    def _generate_vllm(self, prompt_ids, n, seed):
+    def _generate_vllm(self, prompt_ids, n, seed, temperature):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         params = [
-            SamplingParams(n=n, temperature=self.cfg["temperature"], top_p=self.cfg["top_p"],
+            SamplingParams(n=n, temperature=temperature, top_p=self.cfg["top_p"],
                            max_tokens=self.cfg["max_new_tokens"], seed=seed + i)
             for i in range(len(prompt_ids))
         ]
@@ -83,17 +84,17 @@ class RolloutWorker:
         return samples
 
     @torch.no_grad()
-    def _generate_hf(self, prompt_ids, n, seed):
+    def _generate_hf(self, prompt_ids, n, seed, temperature):
         tok, device = self.tokenizer, device_for(self.cfg["device"])
         torch.manual_seed(seed)
         samples = []
         for ids in prompt_ids:
             input_ids = torch.tensor([ids] * n, device=device)
-            do_sample = self.cfg["temperature"] > 0
+            do_sample = temperature > 0
             out = self.model.generate(
                 input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                 max_new_tokens=self.cfg["max_new_tokens"], do_sample=do_sample,
-                temperature=self.cfg["temperature"] if do_sample else None,
+                temperature=temperature if do_sample else None,
                 top_p=self.cfg["top_p"] if do_sample else None, top_k=None,
                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
             )

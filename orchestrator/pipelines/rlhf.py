@@ -25,6 +25,14 @@ from orchestrator.runtime import wait_timed
 from orchestrator.weight_sync import make_weight_sync
 
 
+def evaluate(roles: RLHFRoles, ctx: RunContext, seed: int) -> dict:
+    """Greedy responses to the held-out prompts, scored by the reward actor."""
+    samples = roles.generate(ctx.encode(ctx.eval_rows), 1, seed, greedy=True)
+    scores = roles.score(samples, ctx.decode)
+    return {"eval/reward/mean": sum(scores["reward"]) / len(samples),
+            "eval/response_length/mean": sum(len(s["response_ids"]) for s in samples) / len(samples)}
+
+
 def run(cfg) -> dict:
     """Train the policy for ``trainer.max_steps`` steps; returns the last step's metrics."""
     a = cfg.algorithm
@@ -79,13 +87,15 @@ def run(cfg) -> dict:
                 **{f"{k}/mean": sum(v) / len(v) for k, v in scores.items() if k != "reward"},
                 "kl": seq_kl, "kl_coef": kl_ctl.coef, "entropy": policy_stats.get("entropy", 0.0),
                 "loss/policy": policy_stats["loss"], "clipfrac": policy_stats.get("clipfrac", 0.0),
-                "grad_norm/policy": policy_stats.get("grad_norm", 0.0),
                 "response_length/mean": n_tokens / len(samples),
                 "tokens_per_second": n_tokens / max(ctx.times["time/generate"], 1e-9),
                 "epoch": loader.epoch,
             }
             if critic_stats:
                 metrics["loss/value"] = critic_stats["loss"]
+            if ctx.eval_rows and (step == cfg.trainer.max_steps or (cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0)):
+                with ctx.phase("eval"):
+                    metrics.update(evaluate(roles, ctx, cfg.seed))
             ctx.log(step, metrics)
         if cfg.trainer.save_final:
             ctx.save_final(roles.policy)

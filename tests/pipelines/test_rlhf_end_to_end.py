@@ -28,7 +28,7 @@ def test_rlhf_learns_rule_reward(tmp_path, algorithm):
     """The letter-frequency reward rises clearly above its first-step value (vLLM rollouts)."""
     out = tmp_path / algorithm
     proc = run_cli(f"algorithm={algorithm}", "trainer.max_steps=20", f"output_dir={out}",
-                   "logger.progress_bar=false")
+                   "data.eval_path=orchestrator/assets/prompts/tiny_eval.jsonl", "trainer.eval_every=10")
     assert proc.returncode == 0, proc.stderr[-4000:]
     rewards, rows = _rewards(out)
     assert len(rewards) == 20
@@ -36,6 +36,7 @@ def test_rlhf_learns_rule_reward(tmp_path, algorithm):
     assert last > first + 0.08, f"{algorithm}: reward {first:.3f} -> {last:.3f}"
     if algorithm == "ppo":
         assert all("loss/value" in r for r in rows)
+    assert [r["step"] for r in rows if "eval/reward/mean" in r] == [10, 20]
     # the final policy is a plain HF folder
     model = AutoModelForCausalLM.from_pretrained(out / "final")
     AutoTokenizer.from_pretrained(out / "final")
