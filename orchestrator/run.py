@@ -63,6 +63,8 @@ class RunContext:
         self.placements: list[Placement] = []
         self._created_dir = not self.output_dir.exists()
         self.steps_logged = 0
+        self.bar = None
+        self._last_log = time.perf_counter()
 
     def __enter__(self) -> "RunContext":
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -102,10 +104,12 @@ class RunContext:
     def steps(self):
         """Step numbers 1..max_steps, with a progress bar when enabled."""
         steps = range(1, self.cfg.trainer.max_steps + 1)
+        self._last_log = time.perf_counter()
         if self.cfg.logger.progress_bar:
             from tqdm import tqdm
 
-            return tqdm(steps, desc=f"{self.cfg.pipeline}", unit="step", dynamic_ncols=True)
+            self.bar = tqdm(steps, desc=f"{self.cfg.pipeline}", unit="step", dynamic_ncols=True)
+            return self.bar
         return steps
 
     @contextmanager
@@ -124,13 +128,18 @@ class RunContext:
                                    wandb=c.logger.wandb, wandb_project=c.logger.wandb_project,
                                    wandb_group=c.logger.wandb_group, tensorboard=c.logger.tensorboard)
             OmegaConf.save(c, self.output_dir / "config.yaml", resolve=True)
-        row = {**metrics, **self.times}
+        now = time.perf_counter()
+        row = {**metrics, **self.times, "time/step": now - self._last_log}
+        self._last_log = now
         self.tracker.log(step, row)
         self.times = {}
         self.steps_logged += 1
-        if not self.cfg.logger.progress_bar:
-            keys = ("reward/mean", "kl", "loss/policy", "time/step")
-            log.info("step %d %s", step, " ".join(f"{k}={row[k]:.4g}" for k in keys if k in row))
+        keys = ("reward/mean", "kl", "loss/policy", "time/step")
+        shown = {k: f"{row[k]:.4g}" for k in keys if k in row}
+        if self.bar is not None:
+            self.bar.set_postfix(shown, refresh=False)
+        else:
+            log.info("step %d %s", step, " ".join(f"{k}={v}" for k, v in shown.items()))
 
     def save_final(self, group) -> Path:
         """Write ``<output_dir>/final`` (HF format, safetensors + tokenizer), atomically."""

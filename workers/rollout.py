@@ -18,7 +18,7 @@ from workers.common import DTYPES, device_for, load_causal_lm, setup_process
 
 def vllm_env(cfg: dict) -> dict:
     """Environment variables the vLLM actor needs (engine in-process, quiet, bounded KV cache)."""
-    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
+    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": "ERROR", "TOKENIZERS_PARALLELISM": "false"}
     if cfg["device"] == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(cfg["kv_cache_gib"])))
     return env
