@@ -41,7 +41,7 @@ def run_setting(overrides: list[str]) -> dict:
     out = {p: sum(r.get(f"time/{p}", 0.0) for r in warm) / len(warm) for p in PHASES}
     out["tokens_per_second"] = sum(r["tokens_per_second"] for r in warm) / len(warm)
     out["wall"] = wall
-    out["reward"] = f"{rows[0]['reward/mean']:.3f} -> {rows[-1]['reward/mean']:.3f}"
+    out["reward_change"] = f"{rows[0]['reward/mean']:.3f} -> {rows[-1]['reward/mean']:.3f}"
     return out
 
 
@@ -53,7 +53,7 @@ def main() -> None:
     for name, overrides in SETTINGS.items():
         r = run_setting(overrides + extra)
         cells = " | ".join(f"{r[p]:.3f}" for p in PHASES)
-        print(f"| {name} | {cells} | {r['tokens_per_second']:.0f} | {r['wall']:.0f} | {r['reward']} |", flush=True)
+        print(f"| {name} | {cells} | {r['tokens_per_second']:.0f} | {r['wall']:.0f} | {r['reward_change']} |", flush=True)
 
 
 if __name__ == "__main__":
