@@ -130,6 +130,9 @@ class TrainerConfig:
     mini_batch_size: int = 8  # samples per optimizer step (across ranks)
     micro_batch_size: int = 8  # samples per forward on one rank
     lr_warmup_steps: int = 0
+    max_nonfinite_steps: int = 3  # stop after this many consecutive steps whose every update was non-finite
+    save_steps: int = 0  # checkpoint every N steps (0: never); see orchestrator/checkpoint.py
+    keep_checkpoints: int = 2  # newest checkpoints kept
     eval_every: int = 0  # score data.eval_path prompts every N steps (0: only after the last step)
     save_final: bool = True  # write <output_dir>/final in HF format
     dist_timeout_s: int = 300  # torch.distributed collective timeout
@@ -146,6 +149,8 @@ class ClusterConfig:
     placement_timeout_s: float = 30.0  # fail if the placement group is not ready by then
     call_timeout_s: float = 600.0  # bound on any single remote call
     torch_threads: int = 1  # intra-op threads per actor on CPU
+    max_restarts: int = 3  # Ray restarts of a dead rollout / reward actor (weights re-sent, call redone)
+    dashboard: bool = False  # start the Ray dashboard with a local Ray (bound to 127.0.0.1)
 
 
 @dataclass
@@ -168,6 +173,7 @@ class TetherConfig:
     device: str = "cpu"  # cpu | cuda: where workers compute
     seed: int = 0  # seeds every random generator (python, numpy, torch, vLLM sampling)
     output_dir: str = "outputs/run"
+    resume: Optional[str] = None  # auto: newest good checkpoint in output_dir (fresh if none) | a checkpoint dir
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -203,6 +209,14 @@ def validate(cfg) -> None:
 
     _choice("pipeline", cfg.pipeline, sorted(PIPELINES))
     _choice("device", cfg.device, ["cpu", "cuda"])
+    if cfg.resume not in (None, "auto"):
+        from pathlib import Path
+
+        from orchestrator.checkpoint import problem
+
+        why = problem(Path(cfg.resume))
+        if why:
+            raise ConfigError(f"resume={cfg.resume!r}: not a usable checkpoint: {why}")
     _choice("model.dtype", cfg.model.dtype, ["float32", "bfloat16", "float16"])
     _choice("rollout.backend", cfg.rollout.backend, ["vllm", "hf"])
     _choice("trainer.zero_stage", cfg.trainer.zero_stage, [0, 1, 2, 3])

@@ -28,3 +28,11 @@ class RewardError(TetherError):
 
 class WorkerError(TetherError):
     """A worker actor failed or timed out (names the role and the call)."""
+
+
+class WorkerDied(WorkerError):
+    """An actor process died (names the role, and the rank for trainers)."""
+
+
+class NumericalError(TetherError):
+    """Too many consecutive steps with a non-finite loss or gradient."""

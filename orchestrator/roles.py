@@ -6,6 +6,7 @@ over the ranks, calls them together and gathers the results.
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 import ray
@@ -13,12 +14,15 @@ import torch
 from omegaconf import OmegaConf
 
 from orchestrator.batching import shard
+from orchestrator.errors import WorkerError
 from orchestrator.placement import Placement
 from orchestrator.runtime import wait
 from workers.reference import ReferenceWorker
 from workers.reward import RewardWorker
 from workers.rollout import RolloutWorker
 from workers.trainer import TrainerRank
+
+log = logging.getLogger("tether")
 
 
 def _common(cfg) -> dict:
@@ -41,14 +45,18 @@ class TrainerGroup:
             for rank in range(n)
         ]
         addr, port = wait(self.ranks[0].rendezvous_address.remote(), f"{role} rank 0 start-up", timeout_s)
-        wait([r.setup.remote(addr, port) for r in self.ranks], f"{role} trainer set-up", timeout_s)
+        wait([r.setup.remote(addr, port) for r in self.ranks], self.names("set-up"), timeout_s)
 
     def submit(self, method: str, batch: dict, **kwargs) -> list:
         """Start ``method`` on every rank with its shard of ``batch``; returns the refs in rank order."""
         return [getattr(r, method).remote(s, **kwargs) for r, s in zip(self.ranks, shard(batch, len(self.ranks)))]
 
+    def names(self, what: str) -> list[str]:
+        """One label per rank for errors, e.g. ``policy rank 1 (train)``."""
+        return [f"{self.role} rank {i} ({what})" for i in range(len(self.ranks))]
+
     def _each(self, method: str, batch: dict, what: str, **kwargs) -> list:
-        return wait(self.submit(method, batch, **kwargs), f"{self.role}.{what}", self.timeout_s)
+        return wait(self.submit(method, batch, **kwargs), self.names(what), self.timeout_s)
 
     def logprobs(self, batch: dict) -> torch.Tensor:
         """Current-policy log-probs ``[B, T]``."""
@@ -66,48 +74,104 @@ class TrainerGroup:
     def state_dict_ref(self):
         """Object ref of rank 0's full weights (all ranks take part in the gather)."""
         refs = [r.state_dict_for_sync.remote() for r in self.ranks]
-        wait(refs[1:], f"{self.role}.gather_weights", self.timeout_s)
+        wait(refs[1:], self.names("gather weights")[1:], self.timeout_s)
         return refs[0]
+
+    def save_checkpoint(self, path: str) -> None:
+        """DeepSpeed checkpoint of every rank under ``path``."""
+        wait([r.save_checkpoint.remote(path) for r in self.ranks], self.names("save checkpoint"), self.timeout_s)
+
+    def load_checkpoint(self, path: str) -> None:
+        """Restore every rank from ``path``."""
+        wait([r.load_checkpoint.remote(path) for r in self.ranks], self.names("load checkpoint"), self.timeout_s)
 
     def save_pretrained(self, path: str, tokenizer_path: str) -> None:
         """Write HF-format weights (rank 0) plus the tokenizer."""
-        wait([r.save_pretrained.remote(path, tokenizer_path) for r in self.ranks], f"{self.role}.save", self.timeout_s)
+        wait([r.save_pretrained.remote(path, tokenizer_path) for r in self.ranks], self.names("save"), self.timeout_s)
 
 
 class RLHFRoles:
-    """Every actor of an RLHF run."""
+    """Every actor of an RLHF run.
+
+    Rollout and reward actors are restarted by Ray when their process dies (up to
+    ``cluster.max_restarts``; an in-flight call is retried on the new process). Each reply carries
+    the process's incarnation id, so a restart is noticed: a restarted rollout engine gets the
+    current policy weights again and the generation is redone; a restarted reward actor's
+    retried call is used as is (it holds no state). Trainer ranks are not restarted: a dead rank
+    ends the run with an error naming it.
+    """
 
     def __init__(self, cfg, model_path: str, placement: Placement):
-        t = cfg.cluster.call_timeout_s
+        t = self.timeout_s = cfg.cluster.call_timeout_s
+        self.max_restarts = cfg.cluster.max_restarts
+        restart = {"max_restarts": self.max_restarts, "max_task_retries": self.max_restarts}
         common = _common(cfg)
         tag = uuid.uuid4().hex[:6]
         rollout_cfg = {**common, **OmegaConf.to_container(cfg.rollout)}
         self.rollout = [
-            ray.remote(RolloutWorker).options(name=f"rollout-{i}-{tag}", **placement.options("rollout", i))
+            ray.remote(RolloutWorker).options(name=f"rollout-{i}-{tag}", **restart, **placement.options("rollout", i))
             .remote(model_path, rollout_cfg)
             for i in range(cfg.rollout.num_workers)
         ]
         reward_cfg = {**common, **OmegaConf.to_container(cfg.reward), "max_length": cfg.rollout.max_model_len}
-        self.reward = ray.remote(RewardWorker).options(name=f"reward-{tag}", **placement.options("reward")).remote(reward_cfg)
+        self.reward = (ray.remote(RewardWorker).options(name=f"reward-{tag}", **restart, **placement.options("reward"))
+                       .remote(reward_cfg))
         ref_cfg = {**common, **OmegaConf.to_container(cfg.reference)}
         self.reference = (ray.remote(ReferenceWorker).options(name=f"reference-{tag}", **placement.options("reference"))
                           .remote(model_path, ref_cfg))
         self.policy = TrainerGroup("policy", model_path, cfg, placement, t)
         self.critic = TrainerGroup("critic", model_path, cfg, placement, t) if cfg.algorithm.estimator == "gae" else None
-        self.timeout_s = t
-        wait([w.ready.remote() for w in self.rollout], "rollout engine start-up", t)
-        wait(self.reward.ready.remote(), "reward start-up", t)
+        self.incarnations = wait([w.ready.remote() for w in self.rollout], self._rollout_names("start-up"), t)
+        self.reward_incarnation = wait(self.reward.ready.remote(), "reward (start-up)", t)
+
+    def _rollout_names(self, what: str) -> list[str]:
+        return [f"rollout-{i} ({what})" for i in range(len(self.rollout))]
+
+    def trainer_groups(self) -> dict:
+        """The trainer groups by name (what a checkpoint holds)."""
+        return {k: g for k, g in (("policy", self.policy), ("critic", self.critic)) if g is not None}
 
     def generate(self, prompt_ids: list[list[int]], n: int, seed: int, greedy: bool = False) -> list[dict]:
-        """Split the prompts between the rollout actors; samples come back in prompt order."""
-        k = len(self.rollout)
-        size = -(-len(prompt_ids) // k)
-        parts = [(i, prompt_ids[i * size : (i + 1) * size]) for i in range(k)]
-        refs = [w.generate.remote(p, n, seed + i * size, greedy) for w, (i, p) in zip(self.rollout, parts) if p]
-        return [s for part in wait(refs, "rollout.generate", self.timeout_s) for s in part]
+        """Split the prompts between the rollout actors; samples come back in prompt order.
+
+        If an engine was restarted since its last call, it is sent the current weights and the
+        generation is done again (``cluster.max_restarts`` times at most).
+        """
+        size = -(-len(prompt_ids) // len(self.rollout))
+        parts = [(i, prompt_ids[i * size : (i + 1) * size]) for i in range(len(self.rollout))]
+        parts = [(i, p) for i, p in parts if p]
+        for _ in range(self.max_restarts + 1):
+            refs = [self.rollout[i].generate_tagged.remote(p, n, seed + i * size, greedy) for i, p in parts]
+            replies = wait(refs, [self._rollout_names("generate")[i] for i, _ in parts], self.timeout_s)
+            restarted = [i for (i, _), r in zip(parts, replies) if r["incarnation"] != self.incarnations[i]]
+            if not restarted:
+                return [s for r in replies for s in r["samples"]]
+            log.warning("rollout-%s was restarted by Ray; re-sending the current weights and redoing the generation",
+                        ",".join(map(str, restarted)))
+            self.resend_weights(restarted)
+        raise WorkerError(f"rollout engines kept restarting ({self.max_restarts} times, cluster.max_restarts)")
+
+    def resend_weights(self, indices: list[int]) -> None:
+        """Give restarted engines the current policy weights (through the object store)."""
+        ref = self.policy.state_dict_ref()
+        wait([self.rollout[i].load_weights.remote(ref) for i in indices],
+             [self._rollout_names("reload weights")[i] for i in indices], self.timeout_s)
+        for i in indices:
+            self.incarnations[i] = wait(self.rollout[i].ready.remote(), f"rollout-{i} (restart)", self.timeout_s)
+
+    def score_async(self, prompts: list[str], responses: list[str]):
+        """Start scoring; pass the reply to ``scores``."""
+        return self.reward.score_tagged.remote(prompts, responses)
+
+    def scores(self, reply: dict) -> dict[str, list[float]]:
+        """The rewards in a ``score_async`` reply (noting a restart of the reward actor)."""
+        if reply["incarnation"] != self.reward_incarnation:
+            log.warning("the reward actor was restarted by Ray; its call was retried on the new process")
+            self.reward_incarnation = reply["incarnation"]
+        return reply["scores"]
 
     def score(self, samples: list[dict], decode) -> dict[str, list[float]]:
         """Rewards (and their parts) of decoded samples."""
         prompts = [decode(s["prompt_ids"]) for s in samples]
         responses = [decode(s["response_ids"]) for s in samples]
-        return wait(self.reward.score.remote(prompts, responses), "reward.score", self.timeout_s)
+        return self.scores(wait(self.score_async(prompts, responses), "reward (score)", self.timeout_s))

@@ -18,9 +18,10 @@ from pathlib import Path
 import ray
 from omegaconf import OmegaConf
 
+from orchestrator import checkpoint
 from orchestrator.config import validate
 from orchestrator.data import load_prompt_rows, render_prompt
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, DataError, NumericalError, WorkerError
 from orchestrator.models import resolve_model_path
 from orchestrator.placement import Placement
 from orchestrator.rewards.loader import load_reward_function, resolve_file
@@ -43,11 +44,15 @@ class RunContext:
         validate(cfg)
         self.cfg = cfg
         self.output_dir = Path(cfg.output_dir).expanduser().resolve()
-        if (self.output_dir / "metrics.jsonl").exists():
-            raise ConfigError(f"output_dir={cfg.output_dir!r} already holds a run (metrics.jsonl); choose another")
+        if (self.output_dir / "metrics.jsonl").exists() and cfg.resume is None:
+            raise ConfigError(f"output_dir={cfg.output_dir!r} already holds a run (metrics.jsonl); "
+                              "choose another, or continue it with resume=auto")
         self.prompt_rows = load_prompt_rows(resolve_data_path(cfg.data.path), cfg.data.prompt_key, cfg.data.split)
         self.eval_rows = (load_prompt_rows(resolve_data_path(cfg.data.eval_path), cfg.data.prompt_key, cfg.data.split)
                           if cfg.data.eval_path else [])
+        if cfg.trainer.rollout_batch_size > len(self.prompt_rows):
+            raise DataError(f"batch size {cfg.trainer.rollout_batch_size} (trainer.rollout_batch_size) is larger than "
+                            f"the {len(self.prompt_rows)} prompt rows in {cfg.data.path}")
         if cfg.reward.function:
             load_reward_function(cfg.reward.function)
         if cfg.reward.model_path and not (Path(cfg.reward.model_path) / "config.json").is_file():
@@ -63,6 +68,7 @@ class RunContext:
         self.placements: list[Placement] = []
         self._created_dir = not self.output_dir.exists()
         self.steps_logged = 0
+        self.nonfinite_steps = 0
         self.bar = None
         self._last_log = time.perf_counter()
 
@@ -101,14 +107,15 @@ class RunContext:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     # ---- progress, timing, logging ----------------------------------------------------------
-    def steps(self):
-        """Step numbers 1..max_steps, with a progress bar when enabled."""
-        steps = range(1, self.cfg.trainer.max_steps + 1)
+    def steps(self, start: int = 0):
+        """Step numbers start+1..max_steps, with a progress bar when enabled."""
+        steps = range(start + 1, self.cfg.trainer.max_steps + 1)
         self._last_log = time.perf_counter()
         if self.cfg.logger.progress_bar:
             from tqdm import tqdm
 
-            self.bar = tqdm(steps, desc=f"{self.cfg.pipeline}", unit="step", dynamic_ncols=True)
+            self.bar = tqdm(steps, desc=f"{self.cfg.pipeline}", unit="step", dynamic_ncols=True,
+                            initial=start, total=self.cfg.trainer.max_steps)
             return self.bar
         return steps
 
@@ -140,6 +147,68 @@ class RunContext:
             self.bar.set_postfix(shown, refresh=False)
         else:
             log.info("step %d %s", step, " ".join(f"{k}={v}" for k, v in shown.items()))
+
+    def check_finite(self, stats: dict) -> None:
+        """Count steps whose every update was skipped as non-finite; stop after too many in a row."""
+        if stats["micro_steps"] and stats["nonfinite_skips"] == stats["micro_steps"]:
+            self.nonfinite_steps += 1
+            log.warning("step skipped: every update had a non-finite loss or gradient (%d in a row)", self.nonfinite_steps)
+        else:
+            self.nonfinite_steps = 0
+        limit = self.cfg.trainer.max_nonfinite_steps
+        if limit and self.nonfinite_steps >= limit:
+            found = checkpoint.latest(self.output_dir)
+            where = f"last checkpoint: {found[0]}" if found else "no checkpoint was written"
+            raise NumericalError(f"stopped after {self.nonfinite_steps} consecutive steps whose every update had a "
+                                 f"non-finite loss or gradient (trainer.max_nonfinite_steps); {where}")
+
+    def eval_due(self, step: int) -> bool:
+        """Whether held-out prompts are scored after ``step`` (every ``eval_every``, and the last)."""
+        every, last = self.cfg.trainer.eval_every, self.cfg.trainer.max_steps
+        return bool(self.eval_rows) and (step == last or (every > 0 and step % every == 0))
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def restore(self, groups: dict, loader, kl_ctl) -> int:
+        """Load the checkpoint ``resume`` asks for; returns its step (0: fresh start).
+
+        ``resume=auto`` takes the newest good checkpoint in ``output_dir`` (a broken one, or one
+        whose trainer state fails to load, is skipped with a warning); ``resume=DIR`` takes that one.
+        """
+        resume = self.cfg.resume
+        if resume is None:
+            return 0
+        if resume == "auto":
+            candidates = checkpoint.good_checkpoints(self.output_dir)
+        else:
+            candidates = iter([(Path(resume), checkpoint.load_state(Path(resume)))])
+        for folder, state in candidates:
+            try:
+                for name, group in groups.items():
+                    group.load_checkpoint(str(folder / name))
+            except WorkerError as exc:
+                if resume != "auto":
+                    raise
+                log.warning("skipping checkpoint %s: trainer state did not load: %s", folder, exc)
+                continue
+            loader.load_state_dict(state["loader"])
+            kl_ctl.load_state_dict(state["kl_controller"])
+            checkpoint.set_rng_state(state["rng"])
+            checkpoint.truncate_metrics(self.output_dir / "metrics.jsonl", state["step"])
+            self.steps_logged = state["step"]
+            log.info("resumed from %s (step %d)", folder, state["step"])
+            return state["step"]
+        log.info("resume=auto: no usable checkpoint in %s, starting fresh", self.output_dir)
+        return 0
+
+    def maybe_checkpoint(self, step: int, groups: dict, loader, kl_ctl) -> None:
+        """Every ``trainer.save_steps`` steps, write an atomic checkpoint."""
+        every = self.cfg.trainer.save_steps
+        if every and step % every == 0:
+            with self.phase("checkpoint"):
+                state = {"loader": loader.state_dict(), "kl_controller": kl_ctl.state_dict(),
+                         "rng": checkpoint.rng_state(),
+                         "config": OmegaConf.to_container(self.cfg, resolve=True)}
+                checkpoint.save(self.output_dir, step, state, groups, self.cfg.trainer.keep_checkpoints)
 
     def save_final(self, group) -> Path:
         """Write ``<output_dir>/final`` (HF format, safetensors + tokenizer), atomically."""

@@ -12,7 +12,7 @@ import os
 
 import ray
 
-from orchestrator.errors import ResourceError, TetherError, WorkerError
+from orchestrator.errors import ResourceError, TetherError, WorkerDied, WorkerError
 from orchestrator.models import default_cache_dir
 
 QUIET_ENV = {
@@ -55,7 +55,8 @@ def start_ray(cluster_cfg) -> None:
         except (ConnectionError, RuntimeError) as exc:
             raise ResourceError(f"cluster.address={address!r}: cannot connect to Ray: {exc}".splitlines()[0]) from exc
     else:
-        ray.init(num_cpus=cluster_cfg.num_cpus, include_dashboard=False, **kwargs)
+        ray.init(num_cpus=cluster_cfg.num_cpus, include_dashboard=cluster_cfg.dashboard,
+                 dashboard_host="127.0.0.1", **kwargs)
 
 
 def unwrap(exc: BaseException) -> BaseException:
@@ -65,12 +66,10 @@ def unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
-def wait(refs, what: str, timeout_s: float):
-    """``ray.get`` with a timeout; errors name ``what`` (for example ``reward.score``)."""
+def _get_one(ref, what: str):
+    """``ray.get`` of a finished ref, turning Ray's errors into one-line user-facing ones."""
     try:
-        return ray.get(refs, timeout=timeout_s)
-    except ray.exceptions.GetTimeoutError:
-        raise WorkerError(f"{what} did not finish within {timeout_s:g}s (cluster.call_timeout_s)") from None
+        return ray.get(ref)
     except ray.exceptions.RayTaskError as exc:
         inner = unwrap(exc)
         if isinstance(inner, TetherError):
@@ -80,7 +79,31 @@ def wait(refs, what: str, timeout_s: float):
         inner = unwrap(exc)
         if isinstance(inner, TetherError):
             raise type(inner)(str(inner).splitlines()[0]) from None
-        raise WorkerError(f"{what}: actor died: {str(exc).strip().splitlines()[0]}") from exc
+        raise WorkerDied(f"{what}: the actor died ({type(exc).__name__})") from exc
+
+
+def wait(refs, what, timeout_s: float):
+    """Results of ``refs`` (one ref or a list), failing as soon as any call fails.
+
+    ``what`` names the call (for example ``reward.score``), or is a list naming each ref (for
+    example ``["policy rank 0", "policy rank 1"]``) so an error says which actor it was. Nothing
+    waits longer than ``timeout_s``.
+    """
+    import time
+
+    single = not isinstance(refs, list)
+    refs = [refs] if single else refs
+    names = what if isinstance(what, list) else [what] * len(refs)
+    results, pending, deadline = {}, list(refs), time.monotonic() + timeout_s
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1, timeout=max(deadline - time.monotonic(), 0))
+        if not done:
+            late = sorted({names[refs.index(r)] for r in pending})
+            raise WorkerError(f"{', '.join(late)} did not finish within {timeout_s:g}s (cluster.call_timeout_s)")
+        i = refs.index(done[0])
+        results[i] = _get_one(done[0], names[i])
+    out = [results[i] for i in range(len(refs))]
+    return out[0] if single else out
 
 
 def wait_timed(named_refs: dict[str, list], timeout_s: float) -> tuple[dict[str, list], dict[str, float]]:
@@ -90,6 +113,7 @@ def wait_timed(named_refs: dict[str, list], timeout_s: float) -> tuple[dict[str,
     start = time.perf_counter()
     owner = {ref: name for name, refs in named_refs.items() for ref in refs}
     left = {name: len(refs) for name, refs in named_refs.items()}
+    results: dict[str, dict] = {name: {} for name in named_refs}
     pending, seconds = list(owner), {}
     while pending:
         remaining = timeout_s - (time.perf_counter() - start)
@@ -98,7 +122,8 @@ def wait_timed(named_refs: dict[str, list], timeout_s: float) -> tuple[dict[str,
             names = sorted({owner[r] for r in pending})
             raise WorkerError(f"{', '.join(names)} did not finish within {timeout_s:g}s (cluster.call_timeout_s)")
         name = owner[done[0]]
+        results[name][done[0]] = _get_one(done[0], name)
         left[name] -= 1
         if left[name] == 0:
             seconds[name] = time.perf_counter() - start
-    return {name: wait(refs, name, timeout_s) for name, refs in named_refs.items()}, seconds
+    return {name: [results[name][r] for r in refs] for name, refs in named_refs.items()}, seconds

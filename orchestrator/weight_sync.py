@@ -25,7 +25,8 @@ class ObjectStoreSync:
     def push(self) -> None:
         """Send the current policy weights to every engine and wait until all have them."""
         ref = self.policy.state_dict_ref()
-        wait([e.load_weights.remote(ref) for e in self.engines], "weight_sync.load_weights", self.timeout_s)
+        names = [f"rollout-{i} (load weights)" for i in range(len(self.engines))]
+        wait([e.load_weights.remote(ref) for e in self.engines], names, self.timeout_s)
 
 
 class NcclSync:

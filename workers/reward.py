@@ -7,6 +7,8 @@ The reward model is any local HF sequence-classification folder with one output 
 
 from __future__ import annotations
 
+import uuid
+
 import torch
 
 from orchestrator.rewards.loader import call_reward_function, load_reward_function
@@ -19,6 +21,7 @@ class RewardWorker:
     def __init__(self, cfg: dict):
         setup_process(cfg["seed"], cfg.get("torch_threads"))
         self.cfg = cfg
+        self.incarnation = uuid.uuid4().hex  # new after every restart by Ray
         self.fn = load_reward_function(cfg["function"]) if cfg.get("function") else None
         self.model = None
         if cfg.get("model_path"):
@@ -32,9 +35,9 @@ class RewardWorker:
             if self.tokenizer.pad_token is None:
                 self.tokenizer.pad_token = self.tokenizer.eos_token
 
-    def ready(self) -> bool:
-        """Returns once the reward function / model is loaded."""
-        return True
+    def ready(self) -> str:
+        """This process's incarnation id, once loaded (a new id means Ray restarted it)."""
+        return self.incarnation
 
     def score(self, prompts: list[str], responses: list[str]) -> dict[str, list[float]]:
         """Return ``{"reward": [...]}`` plus ``reward/function`` / ``reward/model`` parts."""
@@ -50,6 +53,10 @@ class RewardWorker:
             total = [t + self.cfg["model_weight"] * s for t, s in zip(total, m)]
         parts["reward"] = total
         return parts
+
+    def score_tagged(self, prompts: list[str], responses: list[str]) -> dict:
+        """``score`` plus the incarnation id of the process that ran it."""
+        return {"incarnation": self.incarnation, "scores": self.score(prompts, responses)}
 
     @torch.no_grad()
     def _model_scores(self, prompts: list[str], responses: list[str]) -> list[float]:

@@ -10,6 +10,7 @@ backend come from config. ``generate`` takes prompt token ids and returns, for e
 from __future__ import annotations
 
 import os
+import uuid
 
 import torch
 
@@ -30,6 +31,7 @@ class RolloutWorker:
     def __init__(self, model_path: str, cfg: dict):
         setup_process(cfg["seed"], cfg.get("torch_threads"))
         self.cfg = cfg
+        self.incarnation = uuid.uuid4().hex  # new after every restart by Ray
         self.backend = cfg["backend"]
         if self.backend == "vllm":
             os.environ.update(vllm_env(cfg))
@@ -55,9 +57,9 @@ class RolloutWorker:
             self.model.eval()
             self.tokenizer = AutoTokenizer.from_pretrained(model_path)
 
-    def ready(self) -> bool:
-        """Returns once the engine is built (used to surface start-up errors early)."""
-        return True
+    def ready(self) -> str:
+        """This process's incarnation id, once the engine is built (a new id means Ray restarted it)."""
+        return self.incarnation
 
     def generate(self, prompt_ids: list[list[int]], n: int, seed: int, greedy: bool = False) -> list[dict]:
         """Sample ``n`` responses per prompt (greedy: temperature 0); returns ``len(prompt_ids) * n`` dicts."""
@@ -65,6 +67,10 @@ class RolloutWorker:
         if self.backend == "vllm":
             return self._generate_vllm(prompt_ids, n, seed, temperature)
         return self._generate_hf(prompt_ids, n, seed, temperature)
+
+    def generate_tagged(self, prompt_ids: list[list[int]], n: int, seed: int, greedy: bool = False) -> dict:
+        """``generate`` plus the incarnation id of the process that ran it."""
+        return {"incarnation": self.incarnation, "samples": self.generate(prompt_ids, n, seed, greedy)}
 
     def _generate_vllm(self, prompt_ids, n, seed, temperature):
         from vllm import SamplingParams

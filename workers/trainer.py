@@ -110,10 +110,15 @@ class TrainerRank:
 
     # ---- training -------------------------------------------------------------------------
     def train(self, batch: dict, epochs: int, seed: int) -> dict[str, float]:
-        """Run ``epochs`` passes of mini-batch updates over this rank's shard; returns mean metrics."""
+        """Run ``epochs`` passes of mini-batch updates over this rank's shard; returns mean metrics.
+
+        A micro-batch whose loss (any stage) or gradient (ZeRO 0-1, where full gradients exist) is
+        not finite on any rank is skipped by every rank; ``nonfinite_skips`` counts them and
+        ``micro_steps`` counts all, so the driver can tell a step whose every update was skipped.
+        """
         self.engine.train()
         sums: dict[str, float] = {}
-        count = 0
+        count = skipped = total = 0
         gen = torch.Generator().manual_seed(seed)
         n = batch["input_ids"].shape[0]
         micro = min(self.cfg["micro_batch_size"], self.per_rank_mini)
@@ -121,9 +126,17 @@ class TrainerRank:
             order = torch.randperm(n, generator=gen)
             shuffled = {k: (v[order] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
             for chunk in split_batch(shuffled, micro):
+                total += 1
                 chunk = to_device(chunk, self.device)
                 loss, stats = self._policy_loss(chunk) if self.role == "policy" else self._value_loss(chunk)
+                if self._any_rank(not torch.isfinite(loss).item()):
+                    skipped += 1
+                    continue
                 self.engine.backward(loss)
+                if self._any_rank(not self._grads_finite()):
+                    self.engine.zero_grad()
+                    skipped += 1
+                    continue
                 self.engine.step()
                 stats["loss"] = float(loss.detach())
                 norm = self.engine.get_global_grad_norm()
@@ -132,7 +145,22 @@ class TrainerRank:
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
-        return {k: v / count for k, v in sums.items()}
+        out = {k: v / count for k, v in sums.items()} if count else {"loss": float("nan")}
+        return {**out, "nonfinite_skips": skipped, "micro_steps": total}
+
+    def _any_rank(self, flag: bool) -> bool:
+        """True if ``flag`` is true on any rank (all ranks must call this together)."""
+        import torch.distributed as dist
+
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def _grads_finite(self) -> bool:
+        """Whether this rank's full gradients are finite (ZeRO 0-1; partitioned stages say True)."""
+        if self.cfg["zero_stage"] >= 2:
+            return True
+        return all(torch.isfinite(p.grad).all().item() for p in self.engine.module.parameters() if p.grad is not None)
 
     def _policy_loss(self, b: dict):
         a = self.cfg["algorithm"]
@@ -177,6 +205,23 @@ class TrainerRank:
         """Sum of all parameters (every rank calls; ZeRO-3 gathers) - ranks must agree."""
         with self._gathered():
             return float(sum(p.detach().double().sum() for p in self.engine.module.parameters()))
+
+    # ---- checkpoints (DeepSpeed's own format: weights, optimizer, scheduler, ZeRO partitions) -----
+    def save_checkpoint(self, path: str) -> None:
+        """Every rank writes its part of the DeepSpeed checkpoint, and its RNG state, under ``path``."""
+        from safetensors.torch import save_file
+
+        self.engine.save_checkpoint(path, tag="ds")
+        save_file({"torch": torch.get_rng_state()}, os.path.join(path, f"rng_rank{self.rank}.safetensors"))
+
+    def load_checkpoint(self, path: str) -> None:
+        """Every rank restores its part; raises if the checkpoint cannot be loaded."""
+        from safetensors.torch import load_file
+
+        loaded, _ = self.engine.load_checkpoint(path, tag="ds")
+        if loaded is None:
+            raise RuntimeError(f"no DeepSpeed checkpoint at {path}")
+        torch.set_rng_state(load_file(os.path.join(path, f"rng_rank{self.rank}.safetensors"))["torch"])
 
     # ---- GPU weight sync (NCCL broadcast to vLLM engines, see orchestrator.weight_sync) ------
     def init_weight_sender(self, master_addr: str, master_port: int, world_size: int) -> None:

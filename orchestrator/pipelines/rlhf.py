@@ -25,6 +25,22 @@ from orchestrator.runtime import wait_timed
 from orchestrator.weight_sync import make_weight_sync
 
 
+def step_metrics(scores: dict, mask, kl: float, kl_coef: float, policy: dict, critic: dict,
+                 generate_s: float, epoch: int) -> dict:
+    """The step's metrics row (phase times are added by the run context)."""
+    rewards = torch.tensor(scores["reward"])
+    n_tokens = float(mask.sum())
+    row = {"reward/mean": float(rewards.mean()), "reward/std": float(rewards.std(unbiased=False)),
+           **{f"{k}/mean": sum(v) / len(v) for k, v in scores.items() if k != "reward"},
+           "kl": kl, "kl_coef": kl_coef, "entropy": policy.get("entropy", 0.0), "loss/policy": policy["loss"],
+           "clipfrac": policy.get("clipfrac", 0.0), "response_length/mean": n_tokens / mask.shape[0],
+           "tokens_per_second": n_tokens / max(generate_s, 1e-9), "epoch": epoch,
+           "train/nonfinite_skips": policy["nonfinite_skips"] + critic.get("nonfinite_skips", 0)}
+    if critic:
+        row["loss/value"] = critic["loss"]
+    return row
+
+
 def evaluate(roles: RLHFRoles, ctx: RunContext, seed: int) -> dict:
     """Greedy responses to the held-out prompts, scored by the reward actor."""
     samples = roles.generate(ctx.encode(ctx.eval_rows), 1, seed, greedy=True)
@@ -43,8 +59,11 @@ def run(cfg) -> dict:
         kl_fn = KL_ESTIMATORS.get(a.kl_estimator)
         kl_ctl = make_kl_controller(a.kl_coef, a.kl_target, a.kl_horizon)
         loader = PromptLoader(ctx.prompt_rows, cfg.trainer.rollout_batch_size, cfg.seed)
+        start = ctx.restore(roles.trainer_groups(), loader, kl_ctl)
+        if start:
+            sync.push()
         metrics: dict = {}
-        for step in ctx.steps():
+        for step in ctx.steps(start):
             rows = next(loader)
             with ctx.phase("generate"):
                 samples = roles.generate(ctx.encode(rows), a.n_samples, seed=cfg.seed * 100003 + step * 1009)
@@ -53,14 +72,14 @@ def run(cfg) -> dict:
             prompts = [ctx.decode(s["prompt_ids"]) for s in samples]
             responses = [ctx.decode(s["response_ids"]) for s in samples]
 
-            calls = {"reward": [roles.reward.score.remote(prompts, responses)],
+            calls = {"reward": [roles.score_async(prompts, responses)],
                      "reference": [roles.reference.logprobs.remote(batch)],
                      "old_logprobs": roles.policy.submit("logprobs", batch)}
             if roles.critic is not None:
                 calls["values"] = roles.critic.submit("values", batch)
             results, seconds = wait_timed(calls, cfg.cluster.call_timeout_s)
             ctx.times.update({f"time/{k}": v for k, v in seconds.items()})
-            scores = results["reward"][0]
+            scores = roles.scores(results["reward"][0])
             rewards = torch.tensor(scores["reward"])
             ref_logp, old_logp = results["reference"][0], torch.cat(results["old_logprobs"])
             values = torch.cat(results["values"]) if roles.critic is not None else None
@@ -79,24 +98,16 @@ def run(cfg) -> dict:
             with ctx.phase("weight_sync"):
                 sync.push()
 
-            seq_kl = float((kl_fn(old_logp, ref_logp) * mask).sum(-1).mean())
+            seq_kl = float(((old_logp - ref_logp) * mask).sum(-1).mean())
             kl_ctl.update(seq_kl, len(samples))
-            n_tokens = float(mask.sum())
-            metrics = {
-                "reward/mean": float(rewards.mean()), "reward/std": float(rewards.std(unbiased=False)),
-                **{f"{k}/mean": sum(v) / len(v) for k, v in scores.items() if k != "reward"},
-                "kl": seq_kl, "kl_coef": kl_ctl.coef, "entropy": policy_stats.get("entropy", 0.0),
-                "loss/policy": policy_stats["loss"], "clipfrac": policy_stats.get("clipfrac", 0.0),
-                "response_length/mean": n_tokens / len(samples),
-                "tokens_per_second": n_tokens / max(ctx.times["time/generate"], 1e-9),
-                "epoch": loader.epoch,
-            }
-            if critic_stats:
-                metrics["loss/value"] = critic_stats["loss"]
-            if ctx.eval_rows and (step == cfg.trainer.max_steps or (cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0)):
+            metrics = step_metrics(scores, mask, seq_kl, kl_ctl.coef, policy_stats, critic_stats,
+                                   ctx.times["time/generate"], loader.epoch)
+            if ctx.eval_due(step):
                 with ctx.phase("eval"):
                     metrics.update(evaluate(roles, ctx, cfg.seed))
             ctx.log(step, metrics)
+            ctx.check_finite(policy_stats)
+            ctx.maybe_checkpoint(step, roles.trainer_groups(), loader, kl_ctl)
         if cfg.trainer.save_final:
             ctx.save_final(roles.policy)
         print(ctx.summary())

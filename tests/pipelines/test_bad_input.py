@@ -1,43 +1,102 @@
-"""Bad input gets one clear error line and a non-zero exit, and leaves no output folder behind."""
+"""Malformed input of every kind gets one clear error line (``tether: error: ...``), exit status 2,
+and leaves no output folder behind. Config, data and file problems are caught before any actor
+starts; reward-function results are caught on the first step."""
 
 from __future__ import annotations
 
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import error_line, run_cli
 
-
-@pytest.mark.parametrize("override,expected", [
+CONFIG_CASES = [
     ("pipeline=nope", ["pipeline='nope'", "rlhf"]),
     ("rollout.backend=sglang", ["rollout.backend='sglang'", "vllm", "hf"]),
     ("algorithm.estimator=ppo2", ["algorithm.estimator='ppo2'", "gae", "grpo", "reinforce_pp", "rloo"]),
     ("algorithm.kl_estimator=k9", ["algorithm.kl_estimator='k9'", "k1", "k2", "k3"]),
+    ("algorithm.kl_mode=both", ["algorithm.kl_mode='both'", "reward", "loss"]),
     ("trainer.zero_stage=4", ["trainer.zero_stage=4", "0, 1, 2, 3"]),
-    ("data.path=/nonexistent/prompts.jsonl", ["no such file", "/nonexistent/prompts.jsonl"]),
+    ("model.dtype=float64", ["model.dtype='float64'", "bfloat16"]),
+    ("device=tpu", ["device='tpu'", "cpu", "cuda"]),
+    ("cluster.placement_strategy=RANDOM", ["cluster.placement_strategy='RANDOM'", "STRICT_SPREAD"]),
+    ("trainer.max_steps=0", ["trainer.max_steps=0", "> 0"]),
+    ("trainer.mini_batch_size=48", ["trainer.mini_batch_size=48", "must divide"]),
+    ("algorithm=grpo algorithm.n_samples=1", ["algorithm.n_samples=1", ">= 2"]),
+    ("cluster.colocate=[[policy,judge]]", ["cluster.colocate", "'judge'"]),
+    ("reward.function=null", ["reward.function", "reward.model_path"]),
+    ("reward.function=orchestrator/rewards/examples.py", ["reward.function", "file.py:function_name"]),
+    ("reward.function=orchestrator/rewards/examples.py:missing", ["has no function named 'missing'"]),
     ("reward.function=/nonexistent/r.py:score", ["reward.function", "no such file"]),
+    ("reward.model_path=/nonexistent/rm", ["reward.model_path", "config.json"]),
     ("model.path=/nonexistent/model", ["model.path", "config.json"]),
-])
-def test_config_errors_fail_before_any_actor(tmp_path, override, expected):
+    ("data.path=/nonexistent/prompts.jsonl", ["no such file", "/nonexistent/prompts.jsonl"]),
+    ("trainer.rollout_batch_size=128 trainer.mini_batch_size=128", ["batch size 128", "64 prompt rows"]),
+    ("resume=/nonexistent/checkpoint", ["resume=", "not a usable checkpoint"]),
+]
+
+
+@pytest.mark.parametrize("overrides,expected", CONFIG_CASES, ids=[c[0] for c in CONFIG_CASES])
+def test_config_errors_fail_before_any_actor(tmp_path, overrides, expected):
     out = tmp_path / "out"
-    proc = run_cli(override, f"output_dir={out}", timeout=120)
-    assert proc.returncode == 2
+    proc = run_cli(*overrides.split(), f"output_dir={out}", timeout=180)
+    assert proc.returncode == 2, proc.stderr[-2000:]
     line = error_line(proc)
     for text in expected:
         assert text in line, line
     assert not out.exists()
 
 
-def test_malformed_row_names_file_and_line(tmp_path):
-    data = tmp_path / "prompts.jsonl"
-    data.write_text('{"prompt": "fine"}\n{"prompt": "also fine"}\n{"prompt": 3}\n')
-    proc = run_cli(f"data.path={data}", f"output_dir={tmp_path / 'out'}", timeout=120)
+def _jsonl(path, lines):
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+DATA_CASES = [
+    ("wrong type", ['{"prompt": "fine"}', '{"prompt": "also fine"}', '{"prompt": 3}'], 3, "prompt"),
+    ("cut-off JSON", ['{"prompt": "fine"}', '{"prompt": "cut off'], 2, "JSON"),
+    ("missing key", ['{"prompt": "fine"}', '{"question": "where?"}'], 2, "question"),
+    ("empty prompt", ['{"prompt": ""}'], 1, "empty"),
+    ("not an object", ['{"prompt": "fine"}', '["a", "list"]'], 2, "object"),
+    ("bad chat message", ['{"prompt": [{"role": "user"}]}'], 1, "content"),
+]
+
+
+@pytest.mark.parametrize("name,lines,line_no,word", DATA_CASES, ids=[c[0] for c in DATA_CASES])
+def test_malformed_row_names_file_and_line(tmp_path, name, lines, line_no, word):
+    data = _jsonl(tmp_path / "prompts.jsonl", lines)
+    proc = run_cli(f"data.path={data}", f"output_dir={tmp_path / 'out'}", timeout=180)
     assert proc.returncode == 2
-    assert f"{data}:3" in error_line(proc)
-    broken = tmp_path / "broken.jsonl"
-    broken.write_text('{"prompt": "fine"}\n{"prompt": "cut off\n')
-    proc = run_cli(f"data.path={broken}", f"output_dir={tmp_path / 'out'}", timeout=120)
+    line = error_line(proc)
+    assert f"{data}:{line_no}" in line and word in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_parquet_without_prompt_column(tmp_path):
+    data = tmp_path / "prompts.parquet"
+    pq.write_table(pa.table({"text": ["a", "b"]}), data)
+    proc = run_cli(f"data.path={data}", f"output_dir={tmp_path / 'out'}", timeout=180)
     assert proc.returncode == 2
-    assert f"{broken}:2" in error_line(proc)
+    line = error_line(proc)
+    assert str(data) in line and "text" in line
+
+
+def test_checkpoint_folders(tmp_path):
+    half = tmp_path / "half" / "step_000002"
+    half.mkdir(parents=True)
+    (half / "state.json").write_text(json.dumps({"step": 2}))
+    proc = run_cli(f"resume={half}", f"output_dir={tmp_path / 'out'}", timeout=180)
+    assert proc.returncode == 2 and "half-written" in error_line(proc)
+    corrupt = tmp_path / "corrupt" / "step_000002"
+    (corrupt / "policy").mkdir(parents=True)
+    (corrupt / "state.json").write_text(json.dumps({"step": 2}))
+    (corrupt / "policy" / "weights.bin").write_bytes(b"tampered")
+    (corrupt / "COMPLETE").write_text(json.dumps({"groups": ["policy"], "files": {
+        "state.json": [len(json.dumps({"step": 2})), "0" * 64], "policy/weights.bin": [8, "0" * 64]}}))
+    proc = run_cli(f"resume={corrupt}", f"output_dir={tmp_path / 'out'}", timeout=180)
+    assert proc.returncode == 2 and "corrupt" in error_line(proc)
     assert not (tmp_path / "out").exists()
 
 
@@ -56,13 +115,18 @@ def test_more_gpus_than_the_cluster_has_fails_fast(tmp_path):
     assert "GPU" in line and "rollout" in line
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("body,expected", [
+REWARD_CASES = [
     ("def score(prompts, responses):\n    raise ValueError('boom')\n", "raised ValueError: boom"),
     ("def score(prompts, responses):\n    return [1.0]\n", "returned 1 scores for"),
     ("def score(prompts, responses):\n    return [float('nan')] * len(responses)\n", "non-finite"),
-])
-def test_bad_reward_function(tmp_path, body, expected):
+    ("def score(prompts, responses):\n    return ['high'] * len(responses)\n", "list of numbers"),
+    ("def score(prompts, responses):\n    return 1.0\n", "list of numbers"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("body,expected", REWARD_CASES, ids=[c[1] for c in REWARD_CASES])
+def test_bad_reward_function_results(tmp_path, body, expected):
     fn = tmp_path / "reward_fn.py"
     fn.write_text(body)
     out = tmp_path / "out"
@@ -72,3 +136,10 @@ def test_bad_reward_function(tmp_path, body, expected):
     line = error_line(proc)
     assert expected in line and "reward function" in line
     assert not out.exists()
+
+
+def test_reward_file_that_does_not_import(tmp_path):
+    fn = tmp_path / "broken.py"
+    fn.write_text("def score(prompts, responses)\n    return []\n")
+    proc = run_cli(f"reward.function={fn}:score", f"output_dir={tmp_path / 'out'}", timeout=180)
+    assert proc.returncode == 2 and "SyntaxError" in error_line(proc)
