@@ -106,12 +106,18 @@ def wait(refs, what, timeout_s: float):
     return out[0] if single else out
 
 
-def wait_timed(named_refs: dict[str, list], timeout_s: float) -> tuple[dict[str, list], dict[str, float]]:
-    """Wait for several concurrent calls; returns results and each one's seconds since launch."""
+def wait_timed(named_refs: dict[str, list], timeout_s: float,
+               labels: dict[str, list[str]] | None = None) -> tuple[dict[str, list], dict[str, float]]:
+    """Wait for several concurrent calls; returns results and each one's seconds since launch.
+
+    ``labels`` can name each ref of a call for errors (for example the ranks of a trainer group).
+    """
     import time
 
     start = time.perf_counter()
+    labels = labels or {}
     owner = {ref: name for name, refs in named_refs.items() for ref in refs}
+    label = {ref: labels.get(name, [name] * len(refs))[i] for name, refs in named_refs.items() for i, ref in enumerate(refs)}
     left = {name: len(refs) for name, refs in named_refs.items()}
     results: dict[str, dict] = {name: {} for name in named_refs}
     pending, seconds = list(owner), {}
@@ -122,7 +128,7 @@ def wait_timed(named_refs: dict[str, list], timeout_s: float) -> tuple[dict[str,
             names = sorted({owner[r] for r in pending})
             raise WorkerError(f"{', '.join(names)} did not finish within {timeout_s:g}s (cluster.call_timeout_s)")
         name = owner[done[0]]
-        results[name][done[0]] = _get_one(done[0], name)
+        results[name][done[0]] = _get_one(done[0], label[done[0]])
         left[name] -= 1
         if left[name] == 0:
             seconds[name] = time.perf_counter() - start

@@ -75,9 +75,11 @@ def run(cfg) -> dict:
             calls = {"reward": [roles.score_async(prompts, responses)],
                      "reference": [roles.reference.logprobs.remote(batch)],
                      "old_logprobs": roles.policy.submit("logprobs", batch)}
+            labels = {"old_logprobs": roles.policy.names("old logprobs")}
             if roles.critic is not None:
                 calls["values"] = roles.critic.submit("values", batch)
-            results, seconds = wait_timed(calls, cfg.cluster.call_timeout_s)
+                labels["values"] = roles.critic.names("values")
+            results, seconds = wait_timed(calls, cfg.cluster.call_timeout_s, labels)
             ctx.times.update({f"time/{k}": v for k, v in seconds.items()})
             scores = roles.scores(results["reward"][0])
             rewards = torch.tensor(scores["reward"])
