@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from orchestrator.batching import shard
 from orchestrator.errors import WorkerError
 from orchestrator.placement import Placement
-from orchestrator.runtime import wait
+from orchestrator.runtime import wait, wait_timed
 from workers.reference import ReferenceWorker
 from workers.reward import RewardWorker
 from workers.rollout import RolloutWorker
@@ -169,6 +169,24 @@ class RLHFRoles:
             log.warning("the reward actor was restarted by Ray; its call was retried on the new process")
             self.reward_incarnation = reply["incarnation"]
         return reply["scores"]
+
+    def score_and_logprobs(self, batch: dict, samples: list[dict], decode):
+        """Rewards, reference and old-policy log-probs and (PPO) values of a batch, computed
+        concurrently; returns them with each call's seconds from launch to completion."""
+        prompts = [decode(s["prompt_ids"]) for s in samples]
+        responses = [decode(s["response_ids"]) for s in samples]
+        calls = {"reward": [self.score_async(prompts, responses)],
+                 "reference": [self.reference.logprobs.remote(batch)],
+                 "old_logprobs": self.policy.submit("logprobs", batch)}
+        labels = {"reward": ["reward (score)"], "reference": ["reference (logprobs)"],
+                  "old_logprobs": self.policy.names("old logprobs")}
+        if self.critic is not None:
+            calls["values"] = self.critic.submit("values", batch)
+            labels["values"] = self.critic.names("values")
+        results, seconds = wait_timed(calls, self.timeout_s, labels)
+        values = torch.cat(results["values"]) if self.critic is not None else None
+        return (self.scores(results["reward"][0]), results["reference"][0], torch.cat(results["old_logprobs"]),
+                values, seconds)
 
     def score(self, samples: list[dict], decode) -> dict[str, list[float]]:
         """Rewards (and their parts) of decoded samples."""

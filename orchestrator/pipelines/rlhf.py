@@ -21,7 +21,6 @@ from orchestrator.data import PromptLoader
 from orchestrator.placement import rlhf_roles
 from orchestrator.roles import RLHFRoles
 from orchestrator.run import RunContext
-from orchestrator.runtime import wait_timed
 from orchestrator.weight_sync import make_weight_sync
 
 
@@ -69,22 +68,10 @@ def run(cfg) -> dict:
                 samples = roles.generate(ctx.encode(rows), a.n_samples, seed=cfg.seed * 100003 + step * 1009)
             batch = pack_samples(samples, ctx.pad_id)
             mask = batch["response_mask"]
-            prompts = [ctx.decode(s["prompt_ids"]) for s in samples]
-            responses = [ctx.decode(s["response_ids"]) for s in samples]
-
-            calls = {"reward": [roles.score_async(prompts, responses)],
-                     "reference": [roles.reference.logprobs.remote(batch)],
-                     "old_logprobs": roles.policy.submit("logprobs", batch)}
-            labels = {"old_logprobs": roles.policy.names("old logprobs")}
-            if roles.critic is not None:
-                calls["values"] = roles.critic.submit("values", batch)
-                labels["values"] = roles.critic.names("values")
-            results, seconds = wait_timed(calls, cfg.cluster.call_timeout_s, labels)
+            # reward, reference log-probs, old log-probs and values: concurrently, each timed
+            scores, ref_logp, old_logp, values, seconds = roles.score_and_logprobs(batch, samples, ctx.decode)
             ctx.times.update({f"time/{k}": v for k, v in seconds.items()})
-            scores = roles.scores(results["reward"][0])
             rewards = torch.tensor(scores["reward"])
-            ref_logp, old_logp = results["reference"][0], torch.cat(results["old_logprobs"])
-            values = torch.cat(results["values"]) if roles.critic is not None else None
 
             kl = kl_fn(old_logp, ref_logp) * mask
             penalty = kl_ctl.coef * kl if a.kl_mode == "reward" else torch.zeros_like(kl)
