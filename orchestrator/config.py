@@ -71,12 +71,16 @@ class RolloutConfig:
 
 @dataclass
 class RewardConfig:
-    """Reward: a Python function, a sequence-classification model, or both (weighted sum)."""
+    """Reward: a Python function, a sequence-classification model, a remote server, or a weighted sum."""
 
     function: Optional[str] = "orchestrator/rewards/examples.py:letter_frequency"  # FILE.py:NAME or null
     function_weight: float = 1.0
     model_path: Optional[str] = None  # local HF sequence-classification folder, or null
     model_weight: float = 1.0
+    remote_url: Optional[str] = None  # http(s)://HOST:PORT/score of a reward server, or null
+    remote_weight: float = 1.0
+    remote_token_env: str = "TETHER_REWARD_TOKEN"  # variable holding the server's bearer token (required)
+    remote_timeout_s: float = 60.0
     num_cpus: float = 0.25
     num_gpus: float = 0.0
     batch_size: int = 32  # reward-model forward batch
@@ -246,5 +250,12 @@ def validate(cfg) -> None:
             raise ConfigError(f"cluster.colocate: unknown role {unknown[0]!r}; roles are: {', '.join(sorted(roles))}")
     if cfg.rollout.backend == "vllm" and importlib.util.find_spec("vllm") is None:
         raise ConfigError("rollout.backend=vllm but vLLM is not installed: install '.[cpu]' or '.[gpu]', or use rollout=hf")
-    if cfg.reward.function is None and cfg.reward.model_path is None:
-        raise ConfigError("reward: set reward.function=FILE.py:NAME or reward.model_path=DIR (both null)")
+    if cfg.reward.function is None and cfg.reward.model_path is None and cfg.reward.remote_url is None:
+        raise ConfigError("reward: set reward.function=FILE.py:NAME, reward.model_path=DIR or reward.remote_url=URL "
+                          "(all are null)")
+    if cfg.reward.remote_url:
+        import os
+
+        from orchestrator.rewards.remote import check_remote_config
+
+        check_remote_config(cfg.reward.remote_url, os.environ.get(cfg.reward.remote_token_env), cfg.reward.remote_token_env)

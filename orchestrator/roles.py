@@ -7,6 +7,7 @@ over the ranks, calls them together and gathers the results.
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 
 import ray
@@ -114,7 +115,9 @@ class RLHFRoles:
             for i in range(cfg.rollout.num_workers)
         ]
         reward_cfg = {**common, **OmegaConf.to_container(cfg.reward), "max_length": cfg.rollout.max_model_len}
-        self.reward = (ray.remote(RewardWorker).options(name=f"reward-{tag}", **restart, **placement.options("reward"))
+        token_env = {cfg.reward.remote_token_env: os.environ.get(cfg.reward.remote_token_env, "")}
+        self.reward = (ray.remote(RewardWorker).options(name=f"reward-{tag}", **restart, **placement.options("reward"),
+                                                        runtime_env={"env_vars": token_env})
                        .remote(reward_cfg))
         ref_cfg = {**common, **OmegaConf.to_container(cfg.reference)}
         self.reference = (ray.remote(ReferenceWorker).options(name=f"reference-{tag}", **placement.options("reference"))

@@ -1,17 +1,20 @@
-"""RewardWorker: scores (prompt, response) pairs with a Python function, a reward model, or both.
+"""RewardWorker: scores (prompt, response) pairs with a Python function, a reward model, a remote
+reward server (``orchestrator.rewards.remote``), or a weighted sum of them.
 
 The reward model is any local HF sequence-classification folder with one output (the
-``pipeline=rm`` output). With both sources the reward is the weighted sum
-``function_weight * f + model_weight * rm``; each part is also returned for logging.
+``pipeline=rm`` output). With several sources the reward is the weighted sum
+``function_weight * f + model_weight * rm + remote_weight * remote``; each part is also returned.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import torch
 
 from orchestrator.rewards.loader import call_reward_function, load_reward_function
+from orchestrator.rewards.remote import remote_scores
 from workers.common import DTYPES, device_for, setup_process
 
 
@@ -47,6 +50,11 @@ class RewardWorker:
             f = call_reward_function(self.fn, self.cfg["function"], prompts, responses)
             parts["reward/function"] = f
             total = [t + self.cfg["function_weight"] * s for t, s in zip(total, f)]
+        if self.cfg.get("remote_url"):
+            token = os.environ.get(self.cfg["remote_token_env"], "")
+            r = remote_scores(self.cfg["remote_url"], token, prompts, responses, self.cfg["remote_timeout_s"])
+            parts["reward/remote"] = r
+            total = [t + self.cfg["remote_weight"] * s for t, s in zip(total, r)]
         if self.model is not None:
             m = self._model_scores(prompts, responses)
             parts["reward/model"] = m

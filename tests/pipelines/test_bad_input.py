@@ -35,6 +35,8 @@ CONFIG_CASES = [
     ("data.path=/nonexistent/prompts.jsonl", ["no such file", "/nonexistent/prompts.jsonl"]),
     ("trainer.rollout_batch_size=128 trainer.mini_batch_size=128", ["batch size 128", "64 prompt rows"]),
     ("resume=/nonexistent/checkpoint", ["resume=", "not a usable checkpoint"]),
+    ("reward.remote_url=http://127.0.0.1:9/score reward.remote_token_env=TETHER_NO_SUCH_TOKEN", ["remote_token_env", "requires a token"]),
+    ("reward.remote_url=ftp://127.0.0.1/score", ["reward.remote_url", "http://"]),
 ]
 
 

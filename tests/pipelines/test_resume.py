@@ -75,6 +75,19 @@ def test_latest_skips_broken_checkpoints(tmp_path, caplog):
     assert checkpoint.latest(tmp_path / "nothing") is None
 
 
+def test_checkpoint_with_an_altered_file_is_skipped(tmp_path):
+    good = checkpoint.root(tmp_path) / "step_000001"
+    bad = checkpoint.root(tmp_path) / "step_000002"
+    for d, step in ((good, 1), (bad, 2)):
+        (d / "policy").mkdir(parents=True)
+        (d / "policy" / "model.pt").write_bytes(b"weights")
+        (d / "state.json").write_text(json.dumps({"step": step}))
+        (d / "COMPLETE").write_text(json.dumps({"groups": ["policy"], "files": checkpoint._manifest(d)}))
+    (bad / "policy" / "model.pt").write_bytes(b"weightz")  # same size, other bytes
+    assert "corrupt" in checkpoint.problem(bad)
+    assert checkpoint.latest(tmp_path)[0] == good
+
+
 def test_truncate_metrics(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"step": s}) + "\n" for s in [1, 2, 3, 4]))
