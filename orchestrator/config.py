@@ -250,6 +250,10 @@ def validate(cfg) -> None:
             raise ConfigError(f"cluster.colocate: unknown role {unknown[0]!r}; roles are: {', '.join(sorted(roles))}")
     if cfg.rollout.backend == "vllm" and importlib.util.find_spec("vllm") is None:
         raise ConfigError("rollout.backend=vllm but vLLM is not installed: install '.[cpu]' or '.[gpu]', or use rollout=hf")
+    per_rank_mini = cfg.trainer.mini_batch_size // cfg.trainer.num_ranks
+    if per_rank_mini % min(cfg.trainer.micro_batch_size, per_rank_mini):
+        raise ConfigError(f"trainer.micro_batch_size={cfg.trainer.micro_batch_size} must divide the per-rank "
+                          f"mini-batch (mini_batch_size / num_ranks = {per_rank_mini})")
     if cfg.reward.function is None and cfg.reward.model_path is None and cfg.reward.remote_url is None:
         raise ConfigError("reward: set reward.function=FILE.py:NAME, reward.model_path=DIR or reward.remote_url=URL "
                           "(all are null)")

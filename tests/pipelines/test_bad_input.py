@@ -24,6 +24,7 @@ CONFIG_CASES = [
     ("cluster.placement_strategy=RANDOM", ["cluster.placement_strategy='RANDOM'", "STRICT_SPREAD"]),
     ("trainer.max_steps=0", ["trainer.max_steps=0", "> 0"]),
     ("trainer.mini_batch_size=48", ["trainer.mini_batch_size=48", "must divide"]),
+    ("trainer.micro_batch_size=3", ["trainer.micro_batch_size=3", "per-rank mini-batch"]),
     ("algorithm=grpo algorithm.n_samples=1", ["algorithm.n_samples=1", ">= 2"]),
     ("cluster.colocate=[[policy,judge]]", ["cluster.colocate", "'judge'"]),
     ("reward.function=null", ["reward.function", "reward.model_path"]),

@@ -24,7 +24,7 @@ def _batch(n: int = 8):
 
 
 @pytest.mark.parametrize("stage", [2, 3])
-def test_two_rank_critic_regression(ray_local, tiny_model_path, stage):
+def test_two_rank_critic_regression(ray_local, tiny_model_path, stage, tmp_path):
     cfg = compose_config("trainer.num_ranks=2", f"trainer.zero_stage={stage}", "trainer.critic_lr=1e-3",
                          "trainer.mini_batch_size=8", "trainer.micro_batch_size=2", "algorithm.value_clip_eps=100")
     placement = Placement([RoleSpec("critic", 2, 0.5, 0)], "PACK", 60)
@@ -36,4 +36,13 @@ def test_two_rank_critic_regression(ray_local, tiny_model_path, stage):
     assert sums[0] == pytest.approx(sums[1], rel=1e-6)
     values = critic.values(batch)
     assert values.shape == batch["response_mask"].shape
+    # full weights come out of the group (gathered under ZeRO-3) and as an HF folder
+    from transformers import AutoModelForTokenClassification
+
+    synced = dict(ray_local.get(critic.state_dict_ref()))
+    critic.save_pretrained(str(tmp_path / "saved"), tiny_model_path)
+    saved = AutoModelForTokenClassification.from_pretrained(tmp_path / "saved").state_dict()
+    assert set(synced) == set(saved)
+    for name, tensor in saved.items():
+        assert torch.equal(synced[name], tensor), name
     placement.remove()
