@@ -133,7 +133,7 @@ class TrainerConfig:
     rollout_batch_size: int = 8  # prompts per step (x algorithm.n_samples responses)
     mini_batch_size: int = 8  # samples per optimizer step (across ranks)
     micro_batch_size: int = 8  # samples per forward on one rank
-    lr_warmup_steps: int = 0
+    lr_warmup_steps: int = 0  # linear learning-rate warm-up over this many optimizer steps (0: none)
     max_nonfinite_steps: int = 3  # stop after this many consecutive steps whose every update was non-finite
     save_steps: int = 0  # checkpoint every N steps (0: never); see orchestrator/checkpoint.py
     keep_checkpoints: int = 2  # newest checkpoints kept

@@ -19,13 +19,19 @@ from workers.common import (DTYPES, batched_logprobs, device_for, gather_logprob
                             response_tokens, setup_process, split_batch, to_device)
 
 
-def deepspeed_config(cfg: dict, per_rank_mini: int) -> dict:
+def deepspeed_config(cfg: dict, per_rank_mini: int, lr: float) -> dict:
     """DeepSpeed config for one optimizer step per mini-batch of ``per_rank_mini`` rows per rank."""
     micro = min(cfg["micro_batch_size"], per_rank_mini)
     zero = {"stage": cfg["zero_stage"]}
     if cfg["zero_stage"] == 3:
         zero.update(stage3_param_persistence_threshold=0, stage3_prefetch_bucket_size=0)
+    extra = {}
+    if cfg["lr_warmup_steps"] > 0:  # linear warm-up over optimizer steps, then constant
+        extra["scheduler"] = {"type": "WarmupLR", "params": {
+            "warmup_min_lr": 0.0, "warmup_max_lr": lr, "warmup_num_steps": cfg["lr_warmup_steps"],
+            "warmup_type": "linear"}}
     return {
+        **extra,
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": max(1, per_rank_mini // micro),
         "gradient_clipping": cfg["grad_clip"],
@@ -67,14 +73,14 @@ class TrainerRank:
         deepspeed.init_distributed(dist_backend="nccl" if cfg["device"] == "cuda" else "gloo",
                                    timeout=timedelta(seconds=cfg["dist_timeout_s"]))
         self.per_rank_mini = cfg["mini_batch_size"] // self.world_size
-        ds_config = deepspeed_config(cfg, self.per_rank_mini)
+        lr = cfg["critic_lr" if self.role == "critic" else "lr"]
+        ds_config = deepspeed_config(cfg, self.per_rank_mini, lr)
         if cfg["zero_stage"] == 3:  # must exist before the model is built, or HF init is skipped
             from transformers.integrations import HfDeepSpeedConfig
 
             self._hf_ds = HfDeepSpeedConfig(ds_config)
         model = self._build_model(self.model_path)
-        optim = torch.optim.AdamW(model.parameters(), lr=cfg["critic_lr" if self.role == "critic" else "lr"],
-                                  weight_decay=cfg["weight_decay"])
+        optim = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg["weight_decay"])
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optim, config=ds_config)
         return rank
 
