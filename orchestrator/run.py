@@ -62,7 +62,7 @@ class RunContext:
 
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=cfg.model.trust_remote_code)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        start_ray(cfg.cluster)
+        self.dashboard_url = start_ray(cfg.cluster)
         self.times: dict[str, float] = {}
         self.tracker: Tracker | None = None
         self.placements: list[Placement] = []
@@ -228,8 +228,6 @@ class RunContext:
             lines += [f"{k}: {v}" for k, v in self.tracker.locations().items()]
         if (self.output_dir / "final").exists():
             lines.append(f"final model: {self.output_dir / 'final'}")
-        if ray.is_initialized():
-            url = ray.get_runtime_context().dashboard_url if hasattr(ray.get_runtime_context(), "dashboard_url") else None
-            if url:
-                lines.append(f"ray dashboard: http://{url}")
+        if self.dashboard_url:
+            lines.append(f"ray dashboard: http://{self.dashboard_url}")
         return "\n".join(lines)

@@ -40,23 +40,24 @@ def actor_env() -> dict:
     return env
 
 
-def start_ray(cluster_cfg) -> None:
-    """Connect to the configured cluster, or start a local one on this machine."""
+def start_ray(cluster_cfg) -> str | None:
+    """Connect to the configured cluster, or start a local one; returns the dashboard URL if any."""
     for key, value in actor_env().items():
         os.environ.setdefault(key, value)
     if ray.is_initialized():
-        return
+        return None
     address = cluster_cfg.address or os.environ.get("RAY_ADDRESS")
     kwargs = {"runtime_env": {"env_vars": actor_env()}, "log_to_driver": True,
               "logging_level": "WARNING"}
     if address:
         try:
-            ray.init(address=address, **kwargs)
+            context = ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError) as exc:
             raise ResourceError(f"cluster.address={address!r}: cannot connect to Ray: {exc}".splitlines()[0]) from exc
     else:
-        ray.init(num_cpus=cluster_cfg.num_cpus, include_dashboard=cluster_cfg.dashboard,
-                 dashboard_host="127.0.0.1", **kwargs)
+        context = ray.init(num_cpus=cluster_cfg.num_cpus, include_dashboard=cluster_cfg.dashboard,
+                           dashboard_host="127.0.0.1", **kwargs)
+    return getattr(context, "dashboard_url", None) or None
 
 
 def unwrap(exc: BaseException) -> BaseException:

@@ -1,0 +1,18 @@
+"""Ray start-up: a local Ray's dashboard binds 127.0.0.1."""
+
+from __future__ import annotations
+
+import ray
+from omegaconf import OmegaConf
+
+from orchestrator.config import ClusterConfig
+from orchestrator.runtime import start_ray
+
+
+def test_local_dashboard_binds_loopback(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    url = start_ray(OmegaConf.structured(ClusterConfig(num_cpus=1, dashboard=True)))
+    try:
+        assert url and url.startswith("127.0.0.1:"), url
+    finally:
+        ray.shutdown()
