@@ -9,6 +9,7 @@ as the same one-line error.
 from __future__ import annotations
 
 import os
+import socket
 
 import ray
 
@@ -40,6 +41,20 @@ def actor_env() -> dict:
     return env
 
 
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """ResourceError within seconds when ``host:port`` (or ``ray://host:port``) does not answer."""
+    if address == "auto" or address.startswith(("local", "anyscale://")):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ResourceError(f"cluster.address={address!r}: expected host:port, ray://host:port or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ResourceError(f"cluster.address={address!r}: cannot reach {host}:{port} ({exc.strerror or exc})") from None
+
+
 def start_ray(cluster_cfg) -> str | None:
     """Connect to the configured cluster, or start a local one; returns the dashboard URL if any."""
     for key, value in actor_env().items():
@@ -50,6 +65,7 @@ def start_ray(cluster_cfg) -> str | None:
     kwargs = {"runtime_env": {"env_vars": actor_env()}, "log_to_driver": True,
               "logging_level": "WARNING"}
     if address:
+        check_reachable(address)
         try:
             context = ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError) as exc:
