@@ -8,8 +8,9 @@ from __future__ import annotations
 import torch
 
 
-def pack_samples(samples: list[dict], pad_id: int) -> dict:
-    """Pack ``[{"prompt_ids", "response_ids"}, ...]`` into a batch dict of tensors."""
+def pack_samples(samples: list[dict], pad_id: int, temperature: float = 1.0) -> dict:
+    """Pack ``[{"prompt_ids", "response_ids"}, ...]`` into a batch dict of tensors (plus the
+    sampling ``temperature``, which log-prob computations divide the logits by)."""
     prompt_len = max(len(s["prompt_ids"]) for s in samples)
     resp_len = max(1, max(len(s["response_ids"]) for s in samples))
     n = len(samples)
@@ -26,7 +27,7 @@ def pack_samples(samples: list[dict], pad_id: int) -> dict:
             response_mask[i, : len(r)] = 1.0
     position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
     return {"input_ids": input_ids, "attention_mask": attention, "position_ids": position_ids,
-            "response_mask": response_mask, "prompt_len": prompt_len}
+            "response_mask": response_mask, "prompt_len": prompt_len, "temperature": float(temperature)}
 
 
 def shard(batch: dict, num_shards: int) -> list[dict]:

@@ -60,7 +60,7 @@ class RolloutConfig:
     num_cpus: float = 0.5  # CPUs per rollout actor
     num_gpus: float = 0.0  # GPUs per rollout actor
     max_new_tokens: int = 16  # response length bound
-    temperature: float = 1.0
+    temperature: float = 1.0  # sampling temperature (> 0); training log-probs use the same temperature
     top_p: float = 1.0
     max_model_len: int = 512  # vLLM context length
     gpu_memory_utilization: float = 0.5  # vLLM, GPU only
@@ -232,7 +232,7 @@ def validate(cfg) -> None:
     POLICY_LOSSES.get(cfg.algorithm.policy_loss)
     _positive(cfg, ["trainer.max_steps", "trainer.rollout_batch_size", "trainer.mini_batch_size",
                     "trainer.micro_batch_size", "trainer.num_ranks", "rollout.num_workers",
-                    "rollout.max_new_tokens", "algorithm.n_samples", "algorithm.ppo_epochs"])
+                    "rollout.max_new_tokens", "rollout.temperature", "algorithm.n_samples", "algorithm.ppo_epochs"])
     if cfg.algorithm.estimator in ("grpo", "rloo") and cfg.algorithm.n_samples < 2:
         raise ConfigError(f"algorithm.n_samples={cfg.algorithm.n_samples} must be >= 2 for "
                           f"algorithm.estimator={cfg.algorithm.estimator} (it compares samples of one prompt)")
@@ -254,6 +254,9 @@ def validate(cfg) -> None:
     if per_rank_mini % min(cfg.trainer.micro_batch_size, per_rank_mini):
         raise ConfigError(f"trainer.micro_batch_size={cfg.trainer.micro_batch_size} must divide the per-rank "
                           f"mini-batch (mini_batch_size / num_ranks = {per_rank_mini})")
+    if cfg.device == "cuda" and cfg.rollout.backend == "vllm" and cfg.rollout.num_gpus < cfg.rollout.tensor_parallel_size:
+        raise ConfigError(f"rollout.num_gpus={cfg.rollout.num_gpus:g} must be >= rollout.tensor_parallel_size="
+                          f"{cfg.rollout.tensor_parallel_size} (each engine's GPUs are its actor's)")
     if cfg.reward.function is None and cfg.reward.model_path is None and cfg.reward.remote_url is None:
         raise ConfigError("reward: set reward.function=FILE.py:NAME, reward.model_path=DIR or reward.remote_url=URL "
                           "(all are null)")

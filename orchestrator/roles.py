@@ -125,6 +125,7 @@ class RLHFRoles:
         self.policy = TrainerGroup("policy", model_path, cfg, placement, t)
         self.critic = TrainerGroup("critic", model_path, cfg, placement, t) if cfg.algorithm.estimator == "gae" else None
         self.incarnations = wait([w.ready.remote() for w in self.rollout], self._rollout_names("start-up"), t)
+        self.restarts = 0  # rollout restarts seen (the pipeline rebuilds its weight sync after one)
         self.reward_incarnation = wait(self.reward.ready.remote(), "reward (start-up)", t)
 
     def _rollout_names(self, what: str) -> list[str]:
@@ -144,7 +145,8 @@ class RLHFRoles:
         parts = [(i, prompt_ids[i * size : (i + 1) * size]) for i in range(len(self.rollout))]
         parts = [(i, p) for i, p in parts if p]
         for _ in range(self.max_restarts + 1):
-            refs = [self.rollout[i].generate_tagged.remote(p, n, seed + i * size, greedy) for i, p in parts]
+            # prompt j's samples use seeds seed + j*n .. seed + j*n + n-1, whichever engine serves it
+            refs = [self.rollout[i].generate_tagged.remote(p, n, seed + i * size * n, greedy) for i, p in parts]
             replies = wait(refs, [self._rollout_names("generate")[i] for i, _ in parts], self.timeout_s)
             restarted = [i for (i, _), r in zip(parts, replies) if r["incarnation"] != self.incarnations[i]]
             if not restarted:
@@ -152,6 +154,7 @@ class RLHFRoles:
             log.warning("rollout-%s was restarted by Ray; re-sending the current weights and redoing the generation",
                         ",".join(map(str, restarted)))
             self.resend_weights(restarted)
+            self.restarts += 1
         raise WorkerError(f"rollout engines kept restarting ({self.max_restarts} times, cluster.max_restarts)")
 
     def resend_weights(self, indices: list[int]) -> None:
@@ -173,11 +176,9 @@ class RLHFRoles:
             self.reward_incarnation = reply["incarnation"]
         return reply["scores"]
 
-    def score_and_logprobs(self, batch: dict, samples: list[dict], decode):
+    def score_and_logprobs(self, batch: dict, prompts: list[str], responses: list[str]):
         """Rewards, reference and old-policy log-probs and (PPO) values of a batch, computed
         concurrently; returns them with each call's seconds from launch to completion."""
-        prompts = [decode(s["prompt_ids"]) for s in samples]
-        responses = [decode(s["response_ids"]) for s in samples]
         calls = {"reward": [self.score_async(prompts, responses)],
                  "reference": [self.reference.logprobs.remote(batch)],
                  "old_logprobs": self.policy.submit("logprobs", batch)}
@@ -191,8 +192,6 @@ class RLHFRoles:
         return (self.scores(results["reward"][0]), results["reference"][0], torch.cat(results["old_logprobs"]),
                 values, seconds)
 
-    def score(self, samples: list[dict], decode) -> dict[str, list[float]]:
-        """Rewards (and their parts) of decoded samples."""
-        prompts = [decode(s["prompt_ids"]) for s in samples]
-        responses = [decode(s["response_ids"]) for s in samples]
+    def score(self, prompts: list[str], responses: list[str]) -> dict[str, list[float]]:
+        """Rewards (and their parts) of responses to prompts."""
         return self.scores(wait(self.score_async(prompts, responses), "reward (score)", self.timeout_s))

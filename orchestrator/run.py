@@ -102,6 +102,18 @@ class RunContext:
             ids.append(tokens[-limit:])
         return ids
 
+    def prompt_texts(self, rows: list[dict], n: int) -> list[str]:
+        """The prompt each of ``n`` samples per row answers, as reward functions get it: the row's
+        prompt string, or for chat rows the content of the last user message."""
+        texts = []
+        for row in rows:
+            prompt = row[self.cfg.data.prompt_key]
+            if not isinstance(prompt, str):
+                users = [m["content"] for m in prompt if m.get("role") == "user"] or [prompt[-1]["content"]]
+                prompt = users[-1]
+            texts += [prompt] * n
+        return texts
+
     def decode(self, ids: list[int]) -> str:
         """Token ids -> text without special tokens."""
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -130,7 +142,7 @@ class RunContext:
         """Write one metrics row (with the phase times) and reset the timers."""
         if self.tracker is None:
             c = self.cfg
-            name = c.logger.run_name or f"{c.pipeline}-{c.algorithm.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            name = c.logger.run_name or f"{c.pipeline}-{c.algorithm.name}-{c.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
             self.tracker = Tracker(str(self.output_dir), OmegaConf.to_container(c, resolve=True), name,
                                    wandb=c.logger.wandb, wandb_project=c.logger.wandb_project,
                                    wandb_group=c.logger.wandb_group, tensorboard=c.logger.tensorboard)
@@ -148,11 +160,12 @@ class RunContext:
         else:
             log.info("step %d %s", step, " ".join(f"{k}={v}" for k, v in shown.items()))
 
-    def check_finite(self, stats: dict) -> None:
-        """Count steps whose every update was skipped as non-finite; stop after too many in a row."""
-        if stats["micro_steps"] and stats["nonfinite_skips"] == stats["micro_steps"]:
+    def check_finite(self, *group_stats: dict) -> None:
+        """Count steps in which a trainer group (policy or critic) had every update skipped as
+        non-finite; stop after ``trainer.max_nonfinite_steps`` such steps in a row."""
+        if any(s and s["updates"] and s["nonfinite_skips"] == s["updates"] for s in group_stats):
             self.nonfinite_steps += 1
-            log.warning("step skipped: every update had a non-finite loss or gradient (%d in a row)", self.nonfinite_steps)
+            log.warning("every update of the step had a non-finite loss or gradient (%d steps in a row)", self.nonfinite_steps)
         else:
             self.nonfinite_steps = 0
         limit = self.cfg.trainer.max_nonfinite_steps
@@ -198,6 +211,7 @@ class RunContext:
             log.info("resumed from %s (step %d)", folder, state["step"])
             return state["step"]
         log.info("resume=auto: no usable checkpoint in %s, starting fresh", self.output_dir)
+        checkpoint.truncate_metrics(self.output_dir / "metrics.jsonl", 0)
         return 0
 
     def maybe_checkpoint(self, step: int, groups: dict, loader, kl_ctl) -> None:

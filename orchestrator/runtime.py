@@ -91,12 +91,14 @@ def _get_one(ref, what: str):
         inner = unwrap(exc)
         if isinstance(inner, TetherError):
             raise type(inner)(str(inner).splitlines()[0]) from None
-        raise WorkerError(f"{what} failed: {type(inner).__name__}: {str(inner).strip().splitlines()[-1]}") from exc
+        detail = (str(inner).strip().splitlines() or [""])[-1][:300]
+        raise WorkerError(f"{what} failed: {type(inner).__name__}: {detail}") from exc
     except ray.exceptions.RayActorError as exc:
         inner = unwrap(exc)
         if isinstance(inner, TetherError):
             raise type(inner)(str(inner).splitlines()[0]) from None
-        raise WorkerDied(f"{what}: the actor died ({type(exc).__name__})") from exc
+        detail = (str(exc).strip().splitlines() or [""])[-1][:300]
+        raise WorkerDied(f"{what}: the actor died ({type(exc).__name__}: {detail})") from exc
 
 
 def wait(refs, what, timeout_s: float):

@@ -95,8 +95,8 @@ class Tracker:
             import wandb
         except ImportError as exc:
             raise ConfigError(
-                f"tracking.wandb=true but the wandb package is missing ({exc}); "
-                "install it or set tracking.wandb=false"
+                f"logger.wandb=true but the wandb package is missing ({exc}); "
+                "install it or set logger.wandb=false"
             ) from None
         mode = wandb_mode()
         settings = wandb.Settings(silent=True, console="off")
@@ -116,8 +116,8 @@ class Tracker:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:
             raise ConfigError(
-                f"tracking.tensorboard=true but TensorBoard is unavailable ({exc}); "
-                "install tensorboard or set tracking.tensorboard=false"
+                f"logger.tensorboard=true but TensorBoard is unavailable ({exc}); "
+                "install tensorboard or set logger.tensorboard=false"
             ) from None
         return SummaryWriter(log_dir=os.path.join(self.output_dir, TENSORBOARD_DIR))
 

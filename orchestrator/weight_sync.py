@@ -12,8 +12,12 @@ Two implementations behind one ``push()``:
 
 from __future__ import annotations
 
+import logging
+
 from orchestrator.roles import TrainerGroup
 from orchestrator.runtime import wait
+
+log = logging.getLogger("tether")
 
 
 class ObjectStoreSync:
@@ -21,6 +25,10 @@ class ObjectStoreSync:
 
     def __init__(self, policy: TrainerGroup, engines: list, timeout_s: float):
         self.policy, self.engines, self.timeout_s = policy, engines, timeout_s
+
+    def on_restart(self) -> "ObjectStoreSync":
+        """Nothing to rebuild: a restarted engine is reached through the object store as before."""
+        return self
 
     def push(self) -> None:
         """Send the current policy weights to every engine and wait until all have them."""
@@ -42,6 +50,12 @@ class NcclSync:
         wait(refs, "weight_sync NCCL group set-up", timeout_s)
         # names, dtypes and shapes never change: ask once (every rank takes part in the ZeRO-3 gather)
         self.specs = wait([r.weight_specs.remote() for r in policy.ranks], "weight_sync.specs", timeout_s)[0]
+
+    def on_restart(self) -> ObjectStoreSync:
+        """A restarted engine is not in the NCCL group (and a broadcast to it would never finish):
+        the run goes on with object-store syncs."""
+        log.warning("a rollout engine was restarted: weight sync switches from NCCL to the Ray object store")
+        return ObjectStoreSync(self.policy, self.engines, self.timeout_s)
 
     def push(self) -> None:
         """Broadcast the current weights; every rank gathers (ZeRO-3), rank 0 sends."""

@@ -41,7 +41,7 @@ def load_causal_lm(path: str, dtype: str, device: str, trust_remote_code: bool =
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, use_safetensors=True
     )
-    return model.to(device_for(device))
+    return disable_dropout(model).to(device_for(device))
 
 
 def to_device(batch: dict, device) -> dict:
@@ -60,6 +60,23 @@ def response_logits(model, batch: dict) -> torch.Tensor:
         use_cache=False,
     )
     return out.logits[:, prompt_len - 1 : prompt_len - 1 + resp_len].float()
+
+
+def policy_logits(model, batch: dict) -> torch.Tensor:
+    """Response logits divided by the sampling temperature (``batch["temperature"]``, default 1),
+    so log-probs describe the distribution the responses were sampled from."""
+    return response_logits(model, batch) / float(batch.get("temperature", 1.0))
+
+
+def disable_dropout(model):
+    """Set every dropout probability of ``model`` to 0 (modules and config); returns the model."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    for key, value in vars(model.config).items():
+        if "dropout" in key and isinstance(value, float):
+            setattr(model.config, key, 0.0)
+    return model
 
 
 def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -89,6 +106,6 @@ def batched_logprobs(model, batch: dict, micro_batch_size: int) -> torch.Tensor:
     parts = []
     for chunk in split_batch(batch, micro_batch_size):
         chunk = to_device(chunk, device)
-        logp = gather_logprobs(response_logits(model, chunk), response_tokens(chunk))
+        logp = gather_logprobs(policy_logits(model, chunk), response_tokens(chunk))
         parts.append((logp * chunk["response_mask"]).cpu())
     return torch.cat(parts)

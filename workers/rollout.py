@@ -44,6 +44,7 @@ class RolloutWorker:
                 max_model_len=cfg["max_model_len"],
                 enforce_eager=cfg["enforce_eager"],
                 trust_remote_code=cfg["trust_remote_code"],
+                load_format="safetensors",
                 worker_extension_cls="workers.vllm_weight_ext.WeightSyncExtension",
             )
             if cfg["device"] == "cuda":
@@ -78,7 +79,7 @@ class RolloutWorker:
 
         params = [
             SamplingParams(n=n, temperature=temperature, top_p=self.cfg["top_p"],
-                           max_tokens=self.cfg["max_new_tokens"], seed=seed + i)
+                           max_tokens=self.cfg["max_new_tokens"], seed=seed + i * n)
             for i in range(len(prompt_ids))
         ]
         prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids]
@@ -92,9 +93,9 @@ class RolloutWorker:
     @torch.no_grad()
     def _generate_hf(self, prompt_ids, n, seed, temperature):
         tok, device = self.tokenizer, device_for(self.cfg["device"])
-        torch.manual_seed(seed)
         samples = []
-        for ids in prompt_ids:
+        for i, ids in enumerate(prompt_ids):
+            torch.manual_seed(seed + i * n)
             input_ids = torch.tensor([ids] * n, device=device)
             do_sample = temperature > 0
             out = self.model.generate(

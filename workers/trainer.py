@@ -15,8 +15,9 @@ from datetime import timedelta
 import torch
 
 from orchestrator.algorithms import POLICY_LOSSES, clipped_value_loss, entropy_from_logits, kl_loss_term, masked_mean
-from workers.common import (DTYPES, batched_logprobs, device_for, gather_logprobs, response_logits,
-                            response_tokens, setup_process, split_batch, to_device)
+from workers.common import (DTYPES, batched_logprobs, device_for, disable_dropout, gather_logprobs,
+                            policy_logits, response_logits, response_tokens, setup_process, split_batch,
+                            to_device)
 
 
 def deepspeed_config(cfg: dict, per_rank_mini: int, lr: float) -> dict:
@@ -93,8 +94,9 @@ class TrainerRank:
             model = AutoModelForTokenClassification.from_pretrained(path, num_labels=1, **kwargs)
             if model.config.pad_token_id is None:
                 model.config.pad_token_id = model.config.eos_token_id
-            return model
-        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        return disable_dropout(model)  # RL ratios and value targets assume a deterministic forward
 
     # ---- forward-only calls -------------------------------------------------------------
     def logprobs(self, batch: dict) -> torch.Tensor:
@@ -118,41 +120,52 @@ class TrainerRank:
     def train(self, batch: dict, epochs: int, seed: int) -> dict[str, float]:
         """Run ``epochs`` passes of mini-batch updates over this rank's shard; returns mean metrics.
 
-        A micro-batch whose loss (any stage) or gradient (ZeRO 0-1, where full gradients exist) is
-        not finite on any rank is skipped by every rank; ``nonfinite_skips`` counts them and
-        ``micro_steps`` counts all, so the driver can tell a step whose every update was skipped.
+        One update = one mini-batch = ``gas`` micro-batches whose gradients accumulate; the
+        accumulation boundary is set explicitly for each micro-batch. If the loss of any
+        micro-batch (any ZeRO stage), or the reduced gradient (ZeRO-0, where it is whole), is not
+        finite on any rank, every rank drops that update: its gradients are cleared and no
+        optimizer step is taken. ``nonfinite_skips`` and ``updates`` count them.
         """
         self.engine.train()
         sums: dict[str, float] = {}
-        count = skipped = total = 0
+        count = skipped = updates = 0
         gen = torch.Generator().manual_seed(seed)
         n = batch["input_ids"].shape[0]
         micro = min(self.cfg["micro_batch_size"], self.per_rank_mini)
+        gas = max(1, self.per_rank_mini // micro)
         for _ in range(epochs):
             order = torch.randperm(n, generator=gen)
             shuffled = {k: (v[order] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-            for chunk in split_batch(shuffled, micro):
-                total += 1
-                chunk = to_device(chunk, self.device)
-                loss, stats = self._policy_loss(chunk) if self.role == "policy" else self._value_loss(chunk)
-                if self._any_rank(not torch.isfinite(loss).item()):
-                    skipped += 1
-                    continue
-                self.engine.backward(loss)
-                if self._any_rank(not self._grads_finite()):
+            chunks = split_batch(shuffled, micro)
+            for start in range(0, len(chunks), gas):
+                window, window_stats, ok = chunks[start : start + gas], [], True
+                updates += 1
+                for j, chunk in enumerate(window):
+                    chunk = to_device(chunk, self.device)
+                    self.engine.set_gradient_accumulation_boundary(j == len(window) - 1)
+                    loss, stats = self._policy_loss(chunk) if self.role == "policy" else self._value_loss(chunk)
+                    if self._any_rank(not torch.isfinite(loss).item()):
+                        ok = False
+                        break
+                    self.engine.backward(loss)
+                    window_stats.append({**stats, "loss": float(loss.detach())})
+                if ok and self._any_rank(not self._grads_finite()):
+                    ok = False
+                if not ok:
+                    self.engine.optimizer.zero_grad()
                     self.engine.zero_grad()
                     skipped += 1
                     continue
                 self.engine.step()
-                stats["loss"] = float(loss.detach())
                 norm = self.engine.get_global_grad_norm()
-                if norm is not None:
-                    stats["grad_norm"] = float(norm)
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                count += 1
+                for stats in window_stats:
+                    if norm is not None:
+                        stats["grad_norm"] = float(norm)
+                    for k, v in stats.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    count += 1
         out = {k: v / count for k, v in sums.items()} if count else {"loss": float("nan")}
-        return {**out, "nonfinite_skips": skipped, "micro_steps": total}
+        return {**out, "nonfinite_skips": skipped, "updates": updates}
 
     def _any_rank(self, flag: bool) -> bool:
         """True if ``flag`` is true on any rank (all ranks must call this together)."""
@@ -163,22 +176,24 @@ class TrainerRank:
         return bool(t.item() > 0)
 
     def _grads_finite(self) -> bool:
-        """Whether this rank's full gradients are finite (ZeRO 0-1; partitioned stages say True)."""
-        if self.cfg["zero_stage"] >= 2:
+        """Whether this rank's gradients are finite where they are whole (ZeRO-0, not fp16: DeepSpeed's
+        loss scaler handles fp16 overflow); other set-ups answer True and rely on the loss check."""
+        if self.cfg["zero_stage"] > 0 or self.cfg["dtype"] == "float16":
             return True
         return all(torch.isfinite(p.grad).all().item() for p in self.engine.module.parameters() if p.grad is not None)
 
     def _policy_loss(self, b: dict):
         a = self.cfg["algorithm"]
-        logits = response_logits(self.engine, b)
-        logp = gather_logprobs(logits, response_tokens(b))
+        logits = policy_logits(self.engine, b)
         mask = b["response_mask"]
+        logp = gather_logprobs(logits, response_tokens(b))
         loss, stats = POLICY_LOSSES.get(a["policy_loss"])(logp, b["old_logprobs"], b["advantages"], mask, a["clip_eps"])
         entropy = masked_mean(entropy_from_logits(logits), mask)
         stats["entropy"] = float(entropy.detach())
         loss = loss - a["entropy_coef"] * entropy
         if a["kl_mode"] == "loss":
-            kl = kl_loss_term(logp, b["ref_logprobs"], mask, a["kl_estimator"])
+            ref = b["ref_logprobs"]  # padding: use ref there so exp(ref - logp) cannot overflow
+            kl = kl_loss_term(torch.where(mask.bool(), logp, ref), ref, mask, a["kl_estimator"])
             loss = loss + b["kl_coef"] * kl
             stats["kl_loss"] = float(kl.detach())
         return loss, stats

@@ -43,7 +43,7 @@ def step_metrics(scores: dict, mask, kl: float, kl_coef: float, policy: dict, cr
 def evaluate(roles: RLHFRoles, ctx: RunContext, seed: int) -> dict:
     """Greedy responses to the held-out prompts, scored by the reward actor."""
     samples = roles.generate(ctx.encode(ctx.eval_rows), 1, seed, greedy=True)
-    scores = roles.score(samples, ctx.decode)
+    scores = roles.score(ctx.prompt_texts(ctx.eval_rows, 1), [ctx.decode(s["response_ids"]) for s in samples])
     return {"eval/reward/mean": sum(scores["reward"]) / len(samples),
             "eval/response_length/mean": sum(len(s["response_ids"]) for s in samples) / len(samples)}
 
@@ -62,14 +62,17 @@ def run(cfg) -> dict:
         if start:
             sync.push()
         metrics: dict = {}
+        restarts_seen = 0
         for step in ctx.steps(start):
             rows = next(loader)
             with ctx.phase("generate"):
-                samples = roles.generate(ctx.encode(rows), a.n_samples, seed=cfg.seed * 100003 + step * 1009)
-            batch = pack_samples(samples, ctx.pad_id)
+                samples = roles.generate(ctx.encode(rows), a.n_samples, seed=cfg.seed * 1_000_000_007 + step * 1_000_003)
+            batch = pack_samples(samples, ctx.pad_id, cfg.rollout.temperature)
             mask = batch["response_mask"]
             # reward, reference log-probs, old log-probs and values: concurrently, each timed
-            scores, ref_logp, old_logp, values, seconds = roles.score_and_logprobs(batch, samples, ctx.decode)
+            responses = [ctx.decode(s["response_ids"]) for s in samples]
+            scores, ref_logp, old_logp, values, seconds = roles.score_and_logprobs(
+                batch, ctx.prompt_texts(rows, a.n_samples), responses)
             ctx.times.update({f"time/{k}": v for k, v in seconds.items()})
             rewards = torch.tensor(scores["reward"])
 
@@ -85,6 +88,8 @@ def run(cfg) -> dict:
                 policy_stats = roles.policy.train(train_batch, a.ppo_epochs, seed=cfg.seed + step)
                 critic_stats = roles.critic.train(train_batch, a.ppo_epochs, seed=cfg.seed + step) if roles.critic else {}
             with ctx.phase("weight_sync"):
+                sync = sync.on_restart() if roles.restarts > restarts_seen else sync
+                restarts_seen = roles.restarts
                 sync.push()
 
             seq_kl = float(((old_logp - ref_logp) * mask).sum(-1).mean())
@@ -95,7 +100,7 @@ def run(cfg) -> dict:
                 with ctx.phase("eval"):
                     metrics.update(evaluate(roles, ctx, cfg.seed))
             ctx.log(step, metrics)
-            ctx.check_finite(policy_stats)
+            ctx.check_finite(policy_stats, critic_stats)
             ctx.maybe_checkpoint(step, roles.trainer_groups(), loader, kl_ctl)
         if cfg.trainer.save_final:
             ctx.save_final(roles.policy)
