@@ -23,7 +23,7 @@ def _rewards(out) -> list[float]:
     return [r["reward/mean"] for r in rows], rows
 
 
-@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo", "rloo", "reinforce_pp"])
 def test_rlhf_learns_rule_reward(tmp_path, algorithm):
     """The letter-frequency reward rises clearly above its first-step value (vLLM rollouts)."""
     out = tmp_path / algorithm
