@@ -87,18 +87,15 @@ def _get_one(ref, what: str):
     """``ray.get`` of a finished ref, turning Ray's errors into one-line user-facing ones."""
     try:
         return ray.get(ref)
-    except ray.exceptions.RayTaskError as exc:
+    except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
         inner = unwrap(exc)
         if isinstance(inner, TetherError):
             raise type(inner)(str(inner).splitlines()[0]) from None
-        detail = (str(inner).strip().splitlines() or [""])[-1][:300]
+        died = isinstance(exc, ray.exceptions.RayActorError)
+        detail = (str(exc if died else inner).strip().splitlines() or [""])[-1][:300]
+        if died:
+            raise WorkerDied(f"{what}: the actor died ({type(exc).__name__}: {detail})") from exc
         raise WorkerError(f"{what} failed: {type(inner).__name__}: {detail}") from exc
-    except ray.exceptions.RayActorError as exc:
-        inner = unwrap(exc)
-        if isinstance(inner, TetherError):
-            raise type(inner)(str(inner).splitlines()[0]) from None
-        detail = (str(exc).strip().splitlines() or [""])[-1][:300]
-        raise WorkerDied(f"{what}: the actor died ({type(exc).__name__}: {detail})") from exc
 
 
 def wait(refs, what, timeout_s: float):
@@ -108,28 +105,20 @@ def wait(refs, what, timeout_s: float):
     example ``["policy rank 0", "policy rank 1"]``) so an error says which actor it was. Nothing
     waits longer than ``timeout_s``.
     """
-    import time
-
     single = not isinstance(refs, list)
     refs = [refs] if single else refs
     names = what if isinstance(what, list) else [what] * len(refs)
-    results, pending, deadline = {}, list(refs), time.monotonic() + timeout_s
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1, timeout=max(deadline - time.monotonic(), 0))
-        if not done:
-            late = sorted({names[refs.index(r)] for r in pending})
-            raise WorkerError(f"{', '.join(late)} did not finish within {timeout_s:g}s (cluster.call_timeout_s)")
-        i = refs.index(done[0])
-        results[i] = _get_one(done[0], names[i])
-    out = [results[i] for i in range(len(refs))]
-    return out[0] if single else out
+    results, _ = wait_timed({"call": refs}, timeout_s, {"call": names})
+    return results["call"][0] if single else results["call"]
 
 
 def wait_timed(named_refs: dict[str, list], timeout_s: float,
                labels: dict[str, list[str]] | None = None) -> tuple[dict[str, list], dict[str, float]]:
-    """Wait for several concurrent calls; returns results and each one's seconds since launch.
+    """Wait for several concurrent calls, failing as soon as any fails; returns the results and
+    each call's seconds from launch to completion.
 
-    ``labels`` can name each ref of a call for errors (for example the ranks of a trainer group).
+    ``labels`` can name each ref of a call for errors (for example the ranks of a trainer group);
+    by default the call's name is used.
     """
     import time
 
@@ -144,8 +133,8 @@ def wait_timed(named_refs: dict[str, list], timeout_s: float,
         remaining = timeout_s - (time.perf_counter() - start)
         done, pending = ray.wait(pending, num_returns=1, timeout=max(remaining, 0))
         if not done:
-            names = sorted({owner[r] for r in pending})
-            raise WorkerError(f"{', '.join(names)} did not finish within {timeout_s:g}s (cluster.call_timeout_s)")
+            late = sorted({label[r] for r in pending})
+            raise WorkerError(f"{', '.join(late)} did not finish within {timeout_s:g}s (cluster.call_timeout_s)")
         name = owner[done[0]]
         results[name][done[0]] = _get_one(done[0], label[done[0]])
         left[name] -= 1

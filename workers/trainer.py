@@ -54,14 +54,11 @@ class TrainerRank:
 
     def rendezvous_address(self) -> tuple[str, int]:
         """This node's IP and a free port (asked of rank 0 before ``setup``)."""
-        import socket
-
         import ray
 
-        with socket.socket() as s:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
-        return ray.util.get_node_ip_address(), port
+        from workers.nccl_weight_sender import free_port
+
+        return ray.util.get_node_ip_address(), free_port()
 
     def setup(self, master_addr: str, master_port: int) -> int:
         """Join the process group and build the DeepSpeed engine (all ranks call this together)."""
