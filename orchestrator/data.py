@@ -1,6 +1,8 @@
-"""Prompt data: loading and checking prompt rows, rendering prompts, and a resumable loader.
+"""Prompt data: loading and checking rows, rendering prompts, and a resumable loader.
 
-A prompt is either a non-empty string or a non-empty list of chat messages
+:func:`load_rows` reads rows from any supported source and passes each through a row check;
+:func:`load_prompt_rows` uses it for prompt rows (``orchestrator.preference_data`` for preference
+pairs and SFT rows). A prompt is either a non-empty string or a non-empty list of chat messages
 ``{"role": str, "content": str}``. Every problem with the data is a one-line
 :class:`~orchestrator.errors.DataError` that names the place at fault: ``file:N`` (1-based line)
 for JSONL, and ``file:row N`` (0-based row index, as in ``dataset[N]``) for JSON lists, parquet
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from orchestrator.errors import DataError
 
@@ -29,7 +31,7 @@ _TYPE_NAMES = {str: "string", bool: "boolean", int: "number", float: "number", l
                dict: "object", type(None): "null"}
 
 
-def _type_name(value: Any) -> str:
+def json_type_name(value: Any) -> str:
     """Return a short, JSON-flavoured name for the type of ``value``."""
     return _TYPE_NAMES.get(type(value), type(value).__name__)
 
@@ -42,27 +44,38 @@ def check_prompt(prompt: Any, where: str, prompt_key: str = "prompt") -> None:
         return
     if not isinstance(prompt, (list, tuple)):
         raise DataError(f"{where}: '{prompt_key}' must be a non-empty string or a list of "
-                        f"{{role, content}} messages, got {_type_name(prompt)}")
+                        f"{{role, content}} messages, got {json_type_name(prompt)}")
     for i, msg in enumerate(prompt):
         bad = [f for f in ("role", "content")
                if not isinstance(msg, dict) or not isinstance(msg.get(f), str)]
         if bad:
-            got = _type_name(msg) if not isinstance(msg, dict) else f"keys {sorted(msg)}"
+            got = json_type_name(msg) if not isinstance(msg, dict) else f"keys {sorted(msg)}"
             raise DataError(f"{where}: '{prompt_key}' message {i} must be an object with string "
                             f"'role' and 'content', got {got}")
     if not any(m["content"].strip() for m in prompt):
         raise DataError(f"{where}: empty prompt in '{prompt_key}' (no message has content)")
 
 
-def _check_row(row: Any, where: str, prompt_key: str) -> dict:
-    """Check one row and return it; raise DataError naming ``where`` if it is malformed."""
+def check_object(row: Any, where: str, keys: tuple[str, ...]) -> None:
+    """Raise DataError (naming ``where``) unless ``row`` is a dict holding every key in ``keys``."""
     if not isinstance(row, dict):
-        raise DataError(f"{where}: row must be a JSON object, got {_type_name(row)}")
-    if prompt_key not in row:
-        keys = ", ".join(repr(k) for k in row) or "none"
-        raise DataError(f"{where}: missing key '{prompt_key}' (keys present: {keys})")
+        raise DataError(f"{where}: row must be a JSON object, got {json_type_name(row)}")
+    for key in keys:
+        if key not in row:
+            present = ", ".join(repr(k) for k in row) or "none"
+            raise DataError(f"{where}: missing key '{key}' (keys present: {present})")
+
+
+def check_prompt_row(row: Any, where: str, prompt_key: str = "prompt") -> dict:
+    """Check one prompt row and return it; raise DataError naming ``where`` if it is malformed."""
+    check_object(row, where, (prompt_key,))
     check_prompt(row[prompt_key], where, prompt_key)
     return row
+
+
+RowCheck = Callable[[Any, str], dict]
+"""``check(row, where) -> row``: checks (and may normalise) one raw row, raising DataError that
+starts with ``where`` (``file:N`` or ``file:row N``) when the row is malformed."""
 
 
 def _read_text(path: str) -> str:
@@ -76,7 +89,7 @@ def _read_text(path: str) -> str:
         raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
-def _load_jsonl(path: str, prompt_key: str) -> list[dict]:
+def _load_jsonl(path: str, check: RowCheck) -> list[dict]:
     """Load and check a JSON Lines file; blank lines are skipped."""
     rows = []
     for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
@@ -86,7 +99,7 @@ def _load_jsonl(path: str, prompt_key: str) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise _invalid_json(path, exc, lineno) from None
-        rows.append(_check_row(row, f"{path}:{lineno}", prompt_key))
+        rows.append(check(row, f"{path}:{lineno}"))
     return rows
 
 
@@ -95,26 +108,26 @@ def _invalid_json(path: str, exc: json.JSONDecodeError, line: int | None = None)
     return DataError(f"{path}:{line or exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})")
 
 
-def _load_json(path: str, prompt_key: str) -> list[dict]:
+def _load_json(path: str, check: RowCheck) -> list[dict]:
     """Load and check a JSON file holding a list of objects (JSON Lines content also works)."""
     text = _read_text(path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # several top-level values: read it as JSON Lines
-            return _load_jsonl(path, prompt_key)
+            return _load_jsonl(path, check)
         raise _invalid_json(path, exc) from None
     if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of objects, got {_type_name(data)}")
-    return [_check_row(row, f"{path}:row {i}", prompt_key) for i, row in enumerate(data)]
+        raise DataError(f"{path}: expected a JSON list of objects, got {json_type_name(data)}")
+    return _check_rows(data, path, check)
 
 
-def _check_rows(rows: list, name: str, prompt_key: str) -> list[dict]:
-    """Check rows that come from a table (parquet or datasets), naming them ``name:row N``."""
-    return [_check_row(row, f"{name}:row {i}", prompt_key) for i, row in enumerate(rows)]
+def _check_rows(rows: list, name: str, check: RowCheck) -> list[dict]:
+    """Check rows that come from a list or a table, naming them ``name:row N``."""
+    return [check(row, f"{name}:row {i}") for i, row in enumerate(rows)]
 
 
-def _load_parquet(path: str, prompt_key: str) -> list[dict]:
+def _load_parquet(path: str, check: RowCheck) -> list[dict]:
     """Load and check a parquet file."""
     import pyarrow.parquet as pq
 
@@ -122,22 +135,22 @@ def _load_parquet(path: str, prompt_key: str) -> list[dict]:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types for a broken file
         raise DataError(f"{path}: not a readable parquet file: {_short(exc)}") from None
-    return _check_rows(table.to_pylist(), path, prompt_key)
+    return _check_rows(table.to_pylist(), path, check)
 
 
-def _pick_split(data: Any, path: str, split: str) -> Any:
+def _pick_split(data: Any, path: str, split: str, field: str) -> Any:
     """Return ``data[split]`` for a DatasetDict, or ``data`` itself for a single Dataset."""
     import datasets
 
     if isinstance(data, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         if split not in data:
             raise DataError(
-                f"data.path={path}: no split '{split}' (splits: {', '.join(data) or 'none'})")
+                f"{field}={path}: no split '{split}' (splits: {', '.join(data) or 'none'})")
         return data[split]
     return data
 
 
-def _load_with_datasets(path: str, split: str, prompt_key: str) -> list[dict]:
+def _load_with_datasets(path: str, split: str, check: RowCheck, field: str) -> list[dict]:
     """Load a ``save_to_disk`` directory, a folder of data files, or a dataset by name."""
     saved = os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in
                                         ("dataset_dict.json", "state.json", "dataset_info.json"))
@@ -148,10 +161,10 @@ def _load_with_datasets(path: str, split: str, prompt_key: str) -> list[dict]:
     except Exception as exc:
         why = "directory is not a loadable dataset" if os.path.isdir(path) else \
             "not a file, and not a dataset that loads offline"
-        raise DataError(f"data.path={path}: {why}: {_short(exc)}") from None
-    data = _pick_split(data, path, split)
+        raise DataError(f"{field}={path}: {why}: {_short(exc)}") from None
+    data = _pick_split(data, path, split, field)
     rows = data.to_list() if hasattr(data, "to_list") else list(data)
-    return _check_rows(rows, path, prompt_key)
+    return _check_rows(rows, path, check)
 
 
 def _looks_like_file(path: str) -> bool:
@@ -162,37 +175,47 @@ def _looks_like_file(path: str) -> bool:
         or (bool(parent) and os.path.isdir(parent))
 
 
-def load_prompt_rows(path: str, prompt_key: str = "prompt", split: str = "train") -> list[dict]:
-    """Load prompt rows from a file, a saved dataset directory or a dataset name.
+def load_rows(path: str, check: RowCheck, split: str = "train", field: str = "data.path") -> list[dict]:
+    """Load rows from a file, a saved dataset directory or a dataset name, checking each one.
 
     ``path`` may be a ``.jsonl``, ``.json`` (a list of objects) or ``.parquet`` file, a directory
     saved with ``datasets.Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` (``split`` picks
-    the split of a DatasetDict), or a dataset name for ``datasets.load_dataset``. Every row must
-    hold a valid prompt under ``prompt_key``; other columns are kept as they are.
+    the split of a DatasetDict), or a dataset name for ``datasets.load_dataset``. Each raw row goes
+    through ``check(row, where)`` and what it returns is kept. ``field`` is the config field the
+    path came from; errors about the path as a whole name it (``data.path: no such file: X``).
     """
     if not isinstance(path, str) or not path.strip():
-        raise DataError("data.path is empty; give a .jsonl/.json/.parquet file or a dataset")
+        raise DataError(f"{field} is empty; give a .jsonl/.json/.parquet file or a dataset")
     expanded = os.path.expanduser(path)
     if os.path.isdir(expanded):
-        rows = _load_with_datasets(expanded, split, prompt_key)
+        rows = _load_with_datasets(expanded, split, check, field)
     elif os.path.isfile(expanded):
         lower = expanded.lower()
         if lower.endswith(".jsonl"):
-            rows = _load_jsonl(expanded, prompt_key)
+            rows = _load_jsonl(expanded, check)
         elif lower.endswith(".json"):
-            rows = _load_json(expanded, prompt_key)
+            rows = _load_json(expanded, check)
         elif lower.endswith(".parquet"):
-            rows = _load_parquet(expanded, prompt_key)
+            rows = _load_parquet(expanded, check)
         else:
-            raise DataError(f"data.path={path}: unsupported file type; use .jsonl, .json or "
+            raise DataError(f"{field}={path}: unsupported file type; use .jsonl, .json or "
                             ".parquet, a saved dataset directory, or a dataset name")
     elif _looks_like_file(path):
-        raise DataError(f"data.path: no such file: {path}")
+        raise DataError(f"{field}: no such file: {path}")
     else:
-        rows = _load_with_datasets(path, split, prompt_key)
+        rows = _load_with_datasets(path, split, check, field)
     if not rows:
-        raise DataError(f"data.path={path}: no rows (the dataset is empty)")
+        raise DataError(f"{field}={path}: no rows (the dataset is empty)")
     return rows
+
+
+def load_prompt_rows(path: str, prompt_key: str = "prompt", split: str = "train",
+                     field: str = "data.path") -> list[dict]:
+    """Load prompt rows (see :func:`load_rows` for the sources ``path`` may name).
+
+    Every row must hold a valid prompt under ``prompt_key``; other columns are kept as they are.
+    """
+    return load_rows(path, lambda row, where: check_prompt_row(row, where, prompt_key), split, field)
 
 
 def render_prompt(tokenizer: Any, prompt: str | list[dict]) -> str:
@@ -217,7 +240,8 @@ def render_prompt(tokenizer: Any, prompt: str | list[dict]) -> str:
 
 
 class PromptLoader:
-    """Endless iterator of prompt batches (lists of rows), epoch after epoch.
+    """Endless iterator of batches (lists of rows: prompts, preference pairs, SFT rows), epoch
+    after epoch.
 
     Each epoch visits the rows in its own deterministic order: a permutation drawn from
     ``torch.Generator().manual_seed(seed + epoch)`` (or the file order when ``shuffle`` is
@@ -227,13 +251,15 @@ class PromptLoader:
     yield exactly the batches an uninterrupted one would.
     """
 
-    def __init__(self, rows: list, batch_size: int, seed: int, shuffle: bool = True) -> None:
-        """Check the sizes and start at epoch 0."""
+    def __init__(self, rows: list, batch_size: int, seed: int, shuffle: bool = True,
+                 row_kind: str = "prompt") -> None:
+        """Check the sizes and start at epoch 0 (``row_kind`` names the rows in errors)."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise DataError(f"batch size must be a positive integer, got {batch_size!r}")
         if batch_size > len(rows):
-            raise DataError(f"batch size {batch_size} is larger than the {len(rows)} prompt rows "
-                            "in the data set; lower the batch size or add prompts")
+            more = "prompts" if row_kind == "prompt" else f"{row_kind} rows"
+            raise DataError(f"batch size {batch_size} is larger than the {len(rows)} {row_kind} rows "
+                            f"in the data set; lower the batch size or add {more}")
         self.rows = list(rows)
         self.batch_size = batch_size
         self.seed = int(seed)

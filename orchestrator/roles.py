@@ -32,12 +32,13 @@ def _common(cfg) -> dict:
 
 
 class TrainerGroup:
-    """``num_ranks`` TrainerRank actors forming one DeepSpeed world (policy or critic)."""
+    """``num_ranks`` TrainerRank actors forming one DeepSpeed world, training ``role`` (the placement
+    role: policy, critic, reward_model) with ``objective`` (see ``workers/objectives.py``)."""
 
-    def __init__(self, role: str, model_path: str, cfg, placement: Placement, timeout_s: float):
+    def __init__(self, role: str, model_path: str, cfg, placement: Placement, timeout_s: float, objective: str):
         self.role, self.timeout_s = role, timeout_s
         rank_cfg = {**_common(cfg), **OmegaConf.to_container(cfg.trainer),
-                    "algorithm": OmegaConf.to_container(cfg.algorithm)}
+                    "algorithm": OmegaConf.to_container(cfg.algorithm), "objective": objective}
         n = cfg.trainer.num_ranks
         tag = uuid.uuid4().hex[:6]
         self.ranks = [
@@ -72,6 +73,15 @@ class TrainerGroup:
         results = self._each("train", batch, "train", epochs=epochs, seed=seed)
         return {k: sum(r[k] for r in results) / len(results) for k in results[0]}
 
+    def evaluate(self, batch: dict) -> dict[str, float]:
+        """The objective's metrics on ``batch`` without training, averaged over its rows (tokens for
+        sft). Every rank gets an equal shard, so rows past a multiple of ``num_ranks`` are left out."""
+        n = batch["input_ids"].shape[0] - batch["input_ids"].shape[0] % len(self.ranks)
+        batch = {k: (v[:n] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        results = self._each("evaluate", batch, "evaluate")
+        weight = sum(r["weight"] for r in results)
+        return {k: sum(r["sums"][k] for r in results) / weight for k in results[0]["sums"]}
+
     def state_dict_ref(self):
         """Object ref of rank 0's full weights (all ranks take part in the gather)."""
         refs = [r.state_dict_for_sync.remote() for r in self.ranks]
@@ -89,6 +99,13 @@ class TrainerGroup:
     def save_pretrained(self, path: str, tokenizer_path: str) -> None:
         """Write HF-format weights (rank 0) plus the tokenizer."""
         wait([r.save_pretrained.remote(path, tokenizer_path) for r in self.ranks], self.names("save"), self.timeout_s)
+
+
+def reference_actor(cfg, model_path: str, placement: Placement):
+    """The frozen reference model's actor (role ``reference``)."""
+    ref_cfg = {**_common(cfg), **OmegaConf.to_container(cfg.reference)}
+    return (ray.remote(ReferenceWorker).options(name=f"reference-{uuid.uuid4().hex[:6]}", **placement.options("reference"))
+            .remote(model_path, ref_cfg))
 
 
 class RLHFRoles:
@@ -119,11 +136,10 @@ class RLHFRoles:
         self.reward = (ray.remote(RewardWorker).options(name=f"reward-{tag}", **restart, **placement.options("reward"),
                                                         runtime_env={"env_vars": token_env})
                        .remote(reward_cfg))
-        ref_cfg = {**common, **OmegaConf.to_container(cfg.reference)}
-        self.reference = (ray.remote(ReferenceWorker).options(name=f"reference-{tag}", **placement.options("reference"))
-                          .remote(model_path, ref_cfg))
-        self.policy = TrainerGroup("policy", model_path, cfg, placement, t)
-        self.critic = TrainerGroup("critic", model_path, cfg, placement, t) if cfg.algorithm.estimator == "gae" else None
+        self.reference = reference_actor(cfg, model_path, placement)
+        self.policy = TrainerGroup("policy", model_path, cfg, placement, t, "ppo")
+        self.critic = (TrainerGroup("critic", model_path, cfg, placement, t, "value")
+                       if cfg.algorithm.estimator == "gae" else None)
         self.incarnations = wait([w.ready.remote() for w in self.rollout], self._rollout_names("start-up"), t)
         self.restarts = 0  # rollout restarts seen (the pipeline rebuilds its weight sync after one)
         self.reward_incarnation = wait(self.reward.ready.remote(), "reward (start-up)", t)

@@ -31,37 +31,70 @@ from orchestrator.tracking import Tracker
 log = logging.getLogger("tether")
 
 
+ASSETS = "orchestrator/assets"
+SHIPPED_DATA = {  # pipeline -> (train, held-out) used when data.path is null
+    "rlhf": (f"{ASSETS}/prompts/tiny.jsonl", None),
+    "dpo": (f"{ASSETS}/preferences/tiny.jsonl", f"{ASSETS}/preferences/tiny_eval.jsonl"),
+    "rm": (f"{ASSETS}/preferences/tiny.jsonl", f"{ASSETS}/preferences/tiny_eval.jsonl"),
+    "sft": (f"{ASSETS}/sft/tiny.jsonl", f"{ASSETS}/sft/tiny_eval.jsonl"),
+}
+
+
 def resolve_data_path(path: str) -> str:
     """A data path relative to the current folder, else to the project root; names pass through."""
     resolved = resolve_file(path)
     return str(resolved) if resolved.exists() else path
 
 
-class RunContext:
-    """Output folder, tokenizer, tracker, timers and progress for one pipeline run."""
+def data_paths(cfg) -> tuple[str, str | None]:
+    """``(train, held-out or None)``: ``data.path`` / ``data.eval_path``, or the pipeline's shipped set."""
+    if cfg.data.path:
+        train, held_out = cfg.data.path, cfg.data.eval_path
+    else:
+        train, shipped_eval = SHIPPED_DATA[cfg.pipeline]
+        held_out = cfg.data.eval_path or shipped_eval
+    return resolve_data_path(train), (resolve_data_path(held_out) if held_out else None)
 
-    def __init__(self, cfg):
+
+def load_prompt_data(cfg) -> tuple[list[dict], list[dict]]:
+    """RLHF input checks: prompt rows (train, held-out) and the reward function / model."""
+    train_path, eval_path = data_paths(cfg)
+    train = load_prompt_rows(train_path, cfg.data.prompt_key, cfg.data.split)
+    held_out = load_prompt_rows(eval_path, cfg.data.prompt_key, cfg.data.split) if eval_path else []
+    if cfg.trainer.rollout_batch_size > len(train):
+        raise DataError(f"batch size {cfg.trainer.rollout_batch_size} (trainer.rollout_batch_size) is larger than "
+                        f"the {len(train)} prompt rows in {train_path}")
+    if cfg.reward.function:
+        load_reward_function(cfg.reward.function)
+    if cfg.reward.model_path and not (Path(cfg.reward.model_path) / "config.json").is_file():
+        raise ConfigError(f"reward.model_path={cfg.reward.model_path!r}: not a model folder (no config.json)")
+    return train, held_out
+
+
+class RunContext:
+    """Output folder, tokenizer, tracker, timers and progress for one pipeline run.
+
+    ``load_data(cfg) -> (train_rows, held_out_rows)`` is the pipeline's input check; it runs after
+    the config is validated and before the tokenizer is loaded. ``prepare(ctx) -> (train, held_out)``,
+    if given, then turns the rows into what the pipeline trains on (e.g. token ids). Both run before
+    Ray is started: bad input fails fast.
+    """
+
+    def __init__(self, cfg, load_data=load_prompt_data, prepare=None):
         validate(cfg)
         self.cfg = cfg
         self.output_dir = Path(cfg.output_dir).expanduser().resolve()
         if (self.output_dir / "metrics.jsonl").exists() and cfg.resume is None:
             raise ConfigError(f"output_dir={cfg.output_dir!r} already holds a run (metrics.jsonl); "
                               "choose another, or continue it with resume=auto")
-        self.prompt_rows = load_prompt_rows(resolve_data_path(cfg.data.path), cfg.data.prompt_key, cfg.data.split)
-        self.eval_rows = (load_prompt_rows(resolve_data_path(cfg.data.eval_path), cfg.data.prompt_key, cfg.data.split)
-                          if cfg.data.eval_path else [])
-        if cfg.trainer.rollout_batch_size > len(self.prompt_rows):
-            raise DataError(f"batch size {cfg.trainer.rollout_batch_size} (trainer.rollout_batch_size) is larger than "
-                            f"the {len(self.prompt_rows)} prompt rows in {cfg.data.path}")
-        if cfg.reward.function:
-            load_reward_function(cfg.reward.function)
-        if cfg.reward.model_path and not (Path(cfg.reward.model_path) / "config.json").is_file():
-            raise ConfigError(f"reward.model_path={cfg.reward.model_path!r}: not a model folder (no config.json)")
+        self.train_rows, self.eval_rows = load_data(cfg)
         self.model_path = resolve_model_path(cfg.model)
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=cfg.model.trust_remote_code)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        if prepare is not None:
+            self.train_rows, self.eval_rows = prepare(self)
         self.dashboard_url = start_ray(cfg.cluster)
         self.times: dict[str, float] = {}
         self.tracker: Tracker | None = None
@@ -86,10 +119,13 @@ class RunContext:
 
     # ---- set-up helpers --------------------------------------------------------------------
     def place(self, roles) -> Placement:
-        """A placement group for ``roles`` (fails fast when the cluster is too small)."""
+        """Placement groups for ``roles`` (fails fast when the cluster cannot hold them); logs
+        where each role landed when they span more than one node."""
         c = self.cfg.cluster
         placement = Placement(roles, c.placement_strategy, c.placement_timeout_s, c.colocate)
         self.placements.append(placement)
+        if len({n for r in roles for n in placement.node_ids(r.name)}) > 1:
+            log.info("placement: %s", placement.describe())
         return placement
 
     def encode(self, rows: list[dict]) -> list[list[int]]:
@@ -142,10 +178,13 @@ class RunContext:
         """Write one metrics row (with the phase times) and reset the timers."""
         if self.tracker is None:
             c = self.cfg
-            name = c.logger.run_name or f"{c.pipeline}-{c.algorithm.name}-{c.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            label = {"rlhf": f"-{c.algorithm.name}", "dpo": f"-{c.algorithm.preference_loss}"}.get(c.pipeline, "")
+            from orchestrator.sweep import trial_group, trial_run_name  # per-trial name, shared group in a multirun
+
+            name = trial_run_name(c.logger.run_name or f"{c.pipeline}{label}-{c.model.name}-{time.strftime('%Y%m%d-%H%M%S')}")
             self.tracker = Tracker(str(self.output_dir), OmegaConf.to_container(c, resolve=True), name,
                                    wandb=c.logger.wandb, wandb_project=c.logger.wandb_project,
-                                   wandb_group=c.logger.wandb_group, tensorboard=c.logger.tensorboard)
+                                   wandb_group=trial_group(c.logger.wandb_group), tensorboard=c.logger.tensorboard)
             OmegaConf.save(c, self.output_dir / "config.yaml", resolve=True)
         now = time.perf_counter()
         row = {**metrics, **self.times, "time/step": now - self._last_log}
@@ -153,7 +192,7 @@ class RunContext:
         self.tracker.log(step, row)
         self.times = {}
         self.steps_logged += 1
-        keys = ("reward/mean", "kl", "loss/policy", "time/step")
+        keys = ("reward/mean", "kl", "loss/policy", "loss", "rewards/accuracies", "accuracy", "time/step")
         shown = {k: f"{row[k]:.4g}" for k in keys if k in row}
         if self.bar is not None:
             self.bar.set_postfix(shown, refresh=False)
@@ -181,7 +220,7 @@ class RunContext:
         return bool(self.eval_rows) and (step == last or (every > 0 and step % every == 0))
 
     # ---- checkpoints ---------------------------------------------------------------------------
-    def restore(self, groups: dict, loader, kl_ctl) -> int:
+    def restore(self, groups: dict, loader, kl_ctl=None) -> int:
         """Load the checkpoint ``resume`` asks for; returns its step (0: fresh start).
 
         ``resume=auto`` takes the newest good checkpoint in ``output_dir`` (a broken one, or one
@@ -204,7 +243,8 @@ class RunContext:
                 log.warning("skipping checkpoint %s: trainer state did not load: %s", folder, exc)
                 continue
             loader.load_state_dict(state["loader"])
-            kl_ctl.load_state_dict(state["kl_controller"])
+            if kl_ctl is not None:
+                kl_ctl.load_state_dict(state["kl_controller"])
             checkpoint.set_rng_state(state["rng"])
             checkpoint.truncate_metrics(self.output_dir / "metrics.jsonl", state["step"])
             self.steps_logged = state["step"]
@@ -214,12 +254,12 @@ class RunContext:
         checkpoint.truncate_metrics(self.output_dir / "metrics.jsonl", 0)
         return 0
 
-    def maybe_checkpoint(self, step: int, groups: dict, loader, kl_ctl) -> None:
+    def maybe_checkpoint(self, step: int, groups: dict, loader, kl_ctl=None) -> None:
         """Every ``trainer.save_steps`` steps, write an atomic checkpoint."""
         every = self.cfg.trainer.save_steps
         if every and step % every == 0:
             with self.phase("checkpoint"):
-                state = {"loader": loader.state_dict(), "kl_controller": kl_ctl.state_dict(),
+                state = {"loader": loader.state_dict(), "kl_controller": kl_ctl.state_dict() if kl_ctl else None,
                          "rng": checkpoint.rng_state(),
                          "config": OmegaConf.to_container(self.cfg, resolve=True)}
                 checkpoint.save(self.output_dir, step, state, groups, self.cfg.trainer.keep_checkpoints)

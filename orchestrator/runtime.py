@@ -8,6 +8,7 @@ as the same one-line error.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 
@@ -62,7 +63,12 @@ def start_ray(cluster_cfg) -> str | None:
     if ray.is_initialized():
         return None
     address = cluster_cfg.address or os.environ.get("RAY_ADDRESS")
-    kwargs = {"runtime_env": {"env_vars": actor_env()}, "log_to_driver": True,
+    env = actor_env()
+    job = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # set inside a Ray job (ray job submit / launch.sh)
+    if job:  # the job's own env vars win: Ray refuses to merge a key that both set
+        job_env = (json.loads(job).get("runtime_env") or {}).get("env_vars") or {}
+        env = {k: v for k, v in env.items() if k not in job_env}
+    kwargs = {"runtime_env": {"env_vars": env}, "log_to_driver": True,
               "logging_level": "WARNING"}
     if address:
         check_reachable(address)
@@ -71,7 +77,7 @@ def start_ray(cluster_cfg) -> str | None:
         except (ConnectionError, RuntimeError) as exc:
             raise ResourceError(f"cluster.address={address!r}: cannot connect to Ray: {exc}".splitlines()[0]) from exc
     else:
-        context = ray.init(num_cpus=cluster_cfg.num_cpus, include_dashboard=cluster_cfg.dashboard,
+        context = ray.init(address="local", num_cpus=cluster_cfg.num_cpus, include_dashboard=cluster_cfg.dashboard,
                            dashboard_host="127.0.0.1", **kwargs)
     return getattr(context, "dashboard_url", None) or None
 

@@ -24,7 +24,7 @@ def ray_local():
 
     from orchestrator.runtime import actor_env
 
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": actor_env()},
+    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": actor_env()},
              logging_level="WARNING")
     yield ray
     ray.shutdown()

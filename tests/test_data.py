@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -171,6 +172,31 @@ def test_unknown_dataset_name_fails_offline():
     message = data_error("tether-no-such-org/no-such-dataset-xyz")
     assert message.startswith("data.path=tether-no-such-org/no-such-dataset-xyz: not a file, "
                               "and not a dataset that loads offline: ")
+
+
+def test_field_names_the_config_entry(tmp_path):
+    """Path errors name the config field the path came from (data.eval_path for eval prompts)."""
+    missing = tmp_path / "nope.jsonl"
+    assert data_error(missing, field="data.eval_path") == f"data.eval_path: no such file: {missing}"
+    empty = write_lines(tmp_path / "empty.jsonl", [""])
+    assert data_error(empty, field="data.eval_path") == \
+        f"data.eval_path={empty}: no rows (the dataset is empty)"
+
+
+def test_load_rows_with_own_check(tmp_path):
+    """load_rows passes each raw row and its place to the check and keeps what it returns."""
+    from orchestrator.data import load_rows
+
+    def check(row, where):
+        if "n" not in row:
+            raise DataError(f"{where}: no n")
+        return {"n": row["n"] * 2, "where": where}
+
+    path = write_lines(tmp_path / "n.jsonl", ['{"n": 1}', "", '{"n": 2}'])
+    assert load_rows(path, check) == [{"n": 2, "where": f"{path}:1"}, {"n": 4, "where": f"{path}:3"}]
+    bad = write_lines(tmp_path / "bad.jsonl", ['{"n": 1}', '{"m": 1}'])
+    with pytest.raises(DataError, match=f"^{re.escape(bad)}:2: no n$"):
+        load_rows(bad, check)
 
 
 # ---- rendering -----------------------------------------------------------------------------

@@ -109,3 +109,17 @@ def batched_logprobs(model, batch: dict, micro_batch_size: int) -> torch.Tensor:
         logp = gather_logprobs(policy_logits(model, chunk), response_tokens(chunk))
         parts.append((logp * chunk["response_mask"]).cpu())
     return torch.cat(parts)
+
+
+def flatten_pairs(batch: dict) -> dict:
+    """A pair batch (tensors ``[B, 2, ...]``: chosen at ``[:, 0]``, rejected at ``[:, 1]``) as ``[2B, ...]``
+    rows in the order chosen_0, rejected_0, chosen_1, ...; plain values are kept."""
+    return {k: (v.reshape(-1, *v.shape[2:]) if isinstance(v, torch.Tensor) and v.dim() >= 2 else v)
+            for k, v in batch.items()}
+
+
+def pair_sequence_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response log-probs ``[B, 2]`` of a pair batch, and the response lengths ``[B, 2]``."""
+    flat = flatten_pairs({k: v for k, v in batch.items() if k != "ref_logps"})
+    logp = gather_logprobs(policy_logits(model, flat), response_tokens(flat)) * flat["response_mask"]
+    return logp.sum(-1).view(-1, 2), flat["response_mask"].sum(-1).view(-1, 2)

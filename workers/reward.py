@@ -13,6 +13,7 @@ import uuid
 
 import torch
 
+from orchestrator.preference_data import reward_text
 from orchestrator.rewards.loader import call_reward_function, load_reward_function
 from orchestrator.rewards.remote import remote_scores
 from workers.common import DTYPES, device_for, setup_process
@@ -73,7 +74,7 @@ class RewardWorker:
         device = next(self.model.parameters()).device
         for i in range(0, len(prompts), bs):
             enc = self.tokenizer(
-                [p + r for p, r in zip(prompts[i : i + bs], responses[i : i + bs])],
+                [reward_text(p, r) for p, r in zip(prompts[i : i + bs], responses[i : i + bs])],
                 return_tensors="pt", padding=True, truncation=True, max_length=self.cfg["max_length"],
             ).to(device)
             scores.extend(self.model(**enc).logits[:, 0].float().tolist())

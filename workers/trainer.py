@@ -4,7 +4,9 @@ A group of ``num_ranks`` actors forms one torch.distributed world that the actor
 themselves (MASTER_ADDR/PORT, RANK, WORLD_SIZE; gloo on CPU, NCCL on GPU). The driver gives each
 rank an equal shard of the step's batch; each rank walks its shard in mini-batches (one optimizer
 step each, gradients averaged across ranks by DeepSpeed) and micro-batches (gradient accumulation).
-The critic is ``AutoModelForTokenClassification`` with one label: a value per token.
+What a rank minimises is its ``objective`` (``workers/objectives.py``): ``ppo`` (RLHF policy), ``value``
+(RLHF critic: ``AutoModelForTokenClassification`` with one label, a value per token), ``dpo``,
+``reward_model`` (``AutoModelForSequenceClassification`` with one label) or ``sft``.
 """
 
 from __future__ import annotations
@@ -14,10 +16,8 @@ from datetime import timedelta
 
 import torch
 
-from orchestrator.algorithms import POLICY_LOSSES, clipped_value_loss, entropy_from_logits, kl_loss_term, masked_mean
-from workers.common import (DTYPES, batched_logprobs, device_for, disable_dropout, gather_logprobs,
-                            policy_logits, response_logits, response_tokens, setup_process, split_batch,
-                            to_device)
+from workers.common import DTYPES, batched_logprobs, device_for, disable_dropout, setup_process, split_batch, to_device
+from workers.objectives import OBJECTIVES, values
 
 
 def deepspeed_config(cfg: dict, per_rank_mini: int, lr: float) -> dict:
@@ -83,12 +83,15 @@ class TrainerRank:
         return rank
 
     def _build_model(self, path: str):
-        from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
+        from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification,
+                                  AutoModelForTokenClassification)
 
         kwargs = dict(dtype=DTYPES[self.cfg["dtype"]], use_safetensors=True,
                       trust_remote_code=self.cfg["trust_remote_code"])
-        if self.role == "critic":
-            model = AutoModelForTokenClassification.from_pretrained(path, num_labels=1, **kwargs)
+        heads = {"value": AutoModelForTokenClassification, "reward_model": AutoModelForSequenceClassification}
+        objective = self.cfg["objective"]
+        if objective in heads:
+            model = heads[objective].from_pretrained(path, num_labels=1, **kwargs)
             if model.config.pad_token_id is None:
                 model.config.pad_token_id = model.config.eos_token_id
         else:
@@ -107,11 +110,23 @@ class TrainerRank:
         self.engine.eval()
         parts = []
         for chunk in split_batch(batch, self.cfg["micro_batch_size"]):
-            parts.append((self._values(to_device(chunk, self.device)) * chunk["response_mask"].to(self.device)).cpu())
+            parts.append((values(self.engine, to_device(chunk, self.device)) * chunk["response_mask"].to(self.device)).cpu())
         return torch.cat(parts)
 
-    def _values(self, batch: dict) -> torch.Tensor:
-        return response_logits(self.engine, batch)[..., 0]
+    @torch.no_grad()
+    def evaluate(self, batch: dict) -> dict:
+        """The objective's stats on this rank's shard without training: ``{"sums": {name: sum of stat x
+        weight}, "weight": total weight}`` (weights: rows, or tokens for sft)."""
+        self.engine.eval()
+        sums: dict[str, float] = {}
+        total = 0.0
+        for chunk in split_batch(batch, self.cfg["micro_batch_size"]):
+            _, stats = OBJECTIVES[self.cfg["objective"]](self.engine, to_device(chunk, self.device), self.cfg)
+            weight = stats.pop("weight", float(chunk["input_ids"].shape[0]))
+            total += weight
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + v * weight
+        return {"sums": sums, "weight": total}
 
     # ---- training -------------------------------------------------------------------------
     def train(self, batch: dict, epochs: int, seed: int) -> dict[str, float]:
@@ -140,7 +155,8 @@ class TrainerRank:
                 for j, chunk in enumerate(window):
                     chunk = to_device(chunk, self.device)
                     self.engine.set_gradient_accumulation_boundary(j == len(window) - 1)
-                    loss, stats = self._policy_loss(chunk) if self.role == "policy" else self._value_loss(chunk)
+                    loss, stats = OBJECTIVES[self.cfg["objective"]](self.engine, chunk, self.cfg)
+                    stats.pop("weight", None)
                     if self._any_rank(not torch.isfinite(loss).item()):
                         ok = False
                         break
@@ -178,28 +194,6 @@ class TrainerRank:
         if self.cfg["zero_stage"] > 0 or self.cfg["dtype"] == "float16":
             return True
         return all(torch.isfinite(p.grad).all().item() for p in self.engine.module.parameters() if p.grad is not None)
-
-    def _policy_loss(self, b: dict):
-        a = self.cfg["algorithm"]
-        logits = policy_logits(self.engine, b)
-        mask = b["response_mask"]
-        logp = gather_logprobs(logits, response_tokens(b))
-        loss, stats = POLICY_LOSSES.get(a["policy_loss"])(logp, b["old_logprobs"], b["advantages"], mask, a["clip_eps"])
-        entropy = masked_mean(entropy_from_logits(logits), mask)
-        stats["entropy"] = float(entropy.detach())
-        loss = loss - a["entropy_coef"] * entropy
-        if a["kl_mode"] == "loss":
-            ref = b["ref_logprobs"]  # padding: use ref there so exp(ref - logp) cannot overflow
-            kl = kl_loss_term(torch.where(mask.bool(), logp, ref), ref, mask, a["kl_estimator"])
-            loss = loss + b["kl_coef"] * kl
-            stats["kl_loss"] = float(kl.detach())
-        return loss, stats
-
-    def _value_loss(self, b: dict):
-        values = self._values(b)
-        loss = clipped_value_loss(values, b["old_values"], b["returns"], b["response_mask"],
-                                  self.cfg["algorithm"]["value_clip_eps"])
-        return loss, {}
 
     # ---- weights out ------------------------------------------------------------------------
     def _gathered(self):

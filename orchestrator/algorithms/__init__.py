@@ -1,4 +1,5 @@
-"""RL algorithm pieces as pure tensor functions: KL estimators, losses, advantage estimators.
+"""Algorithm pieces as pure tensor functions: KL estimators, RL losses, advantage estimators,
+preference (DPO-family), reward-model and SFT losses.
 
 Importing this package registers every estimator and loss in the registries below.
 """
@@ -26,6 +27,15 @@ from orchestrator.algorithms.losses import (
     ppo_policy_loss,
 )
 from orchestrator.algorithms.advantages import gae, grpo, reinforce_pp, rloo, token_rewards
+from orchestrator.algorithms.preference import (
+    PREFERENCE_LOSSES,
+    PairLogps,
+    PreferenceParams,
+    bradley_terry_loss,
+    needs_reference,
+    preference_metrics,
+    sft_loss,
+)
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
@@ -49,4 +59,11 @@ __all__ = [
     "reinforce_pp",
     "rloo",
     "token_rewards",
+    "PREFERENCE_LOSSES",
+    "PairLogps",
+    "PreferenceParams",
+    "bradley_terry_loss",
+    "needs_reference",
+    "preference_metrics",
+    "sft_loss",
 ]

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import importlib
 
-PIPELINES = {"rlhf": "orchestrator.pipelines.rlhf"}
+PIPELINES = {
+    "rlhf": "orchestrator.pipelines.rlhf",
+    "dpo": "orchestrator.pipelines.dpo",
+    "rm": "orchestrator.pipelines.rm",
+    "sft": "orchestrator.pipelines.sft",
+}
 
 
 def get_pipeline(name: str):

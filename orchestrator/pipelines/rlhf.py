@@ -57,7 +57,7 @@ def run(cfg) -> dict:
         estimator = ADVANTAGE_ESTIMATORS.get(a.estimator)
         kl_fn = KL_ESTIMATORS.get(a.kl_estimator)
         kl_ctl = make_kl_controller(a.kl_coef, a.kl_target, a.kl_horizon)
-        loader = PromptLoader(ctx.prompt_rows, cfg.trainer.rollout_batch_size, cfg.seed)
+        loader = PromptLoader(ctx.train_rows, cfg.trainer.rollout_batch_size, cfg.seed)
         start = ctx.restore(roles.trainer_groups(), loader, kl_ctl)
         if start:
             sync.push()

@@ -28,7 +28,7 @@ def test_two_rank_critic_regression(ray_local, tiny_model_path, stage, tmp_path)
     cfg = compose_config("trainer.num_ranks=2", f"trainer.zero_stage={stage}", "trainer.critic_lr=1e-3",
                          "trainer.mini_batch_size=8", "trainer.micro_batch_size=2", "algorithm.value_clip_eps=100")
     placement = Placement([RoleSpec("critic", 2, 0.5, 0)], "PACK", 60)
-    critic = TrainerGroup("critic", tiny_model_path, cfg, placement, 600)
+    critic = TrainerGroup("critic", tiny_model_path, cfg, placement, 600, "value")
     batch = _batch()
     losses = [critic.train(batch, epochs=1, seed=i)["loss"] for i in range(10)]
     assert max(losses[-2:]) < 0.5 * losses[0], losses

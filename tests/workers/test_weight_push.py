@@ -29,7 +29,7 @@ def test_push_equals_fresh_engine(ray_local, tiny_model_path, tmp_path):
     ray = ray_local
     cfg = compose_config("trainer.num_ranks=1", "trainer.zero_stage=0", "trainer.lr=0.01")
     placement = Placement([RoleSpec("rollout", 2, 0.5, 0), RoleSpec("policy", 1, 0.5, 0)], "PACK", 60)
-    policy = TrainerGroup("policy", tiny_model_path, cfg, placement, 600)
+    policy = TrainerGroup("policy", tiny_model_path, cfg, placement, 600, "ppo")
     engine = _engine(ray, tiny_model_path, cfg, placement, 0)
     before = [s["response_ids"] for s in ray.get(engine.generate.remote(PROMPTS, 1, 0))]
 

@@ -1,0 +1,84 @@
+"""DPO and its variants: learn from preference pairs with no reward model and no sampling.
+
+One step, as on paper:
+  1. take ``trainer.mini_batch_size`` pairs (prompt, chosen, rejected);
+  2. reference log-probs of both responses: from the reference actor each step
+     (``algorithm.reference_mode=online``) or computed once for the whole data set before training
+     (``precompute``; the reference actor is then freed); reference-free losses (simpo, orpo) need none;
+  3. one optimizer step on ``algorithm.preference_loss`` over the summed response log-probs of the
+     policy (``sigmoid`` = DPO, ``ipo``, ``label_smoothing`` = conservative DPO, ``simpo``, ``orpo``);
+  4. log TRL-named metrics (``loss``, ``rewards/{chosen,rejected,accuracies,margins}``,
+     ``logps/{chosen,rejected}``), and the same on the held-out pairs every ``trainer.eval_every`` steps
+     and after the last (``eval/...``).
+The policy and reference start from ``model``; responses end with the tokenizer's eos token.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import ray
+import torch
+
+from orchestrator.algorithms import needs_reference
+from orchestrator.pipelines.offline import encode_both, fit, load_pair_data, trainer_roles
+from orchestrator.preference_data import encode_pairs, pack_pairs
+from orchestrator.roles import TrainerGroup, reference_actor
+from orchestrator.run import RunContext
+from orchestrator.runtime import wait
+from workers.common import flatten_pairs
+
+
+class ReferenceLogps:
+    """Reference log-probs ``[B, 2]`` of pair batches: online, or precomputed once per pair."""
+
+    def __init__(self, actor, timeout_s: float):
+        self.actor, self.timeout_s = actor, timeout_s
+
+    def __call__(self, batch: dict) -> torch.Tensor:
+        logp = wait(self.actor.logprobs.remote(flatten_pairs(batch)), "reference (logprobs)", self.timeout_s)
+        return logp.sum(-1).view(-1, 2)
+
+    def precompute(self, encoded: list[dict], pad_id: int, chunk: int) -> None:
+        """Store every pair's reference log-probs in the pair (``"ref"``), then free the actor."""
+        for i in range(0, len(encoded), chunk):
+            part = encoded[i : i + chunk]
+            for pair, ref in zip(part, self(pack_pairs(part, pad_id)).tolist()):
+                pair["ref"] = ref
+
+
+def with_precomputed(batch: dict, pairs: list[dict]) -> dict:
+    """The batch plus ``ref_logps`` from the pairs, when they were precomputed."""
+    if pairs and "ref" in pairs[0]:
+        batch["ref_logps"] = torch.tensor([p["ref"] for p in pairs], dtype=torch.float32)
+    return batch
+
+
+def run(cfg) -> dict:
+    """Train the policy on preference pairs for ``trainer.max_steps`` steps; returns the last metrics."""
+    a, t = cfg.algorithm, cfg.cluster.call_timeout_s
+    prepare = partial(encode_both, encode=encode_pairs, max_prompt_tokens=cfg.data.max_prompt_tokens)
+    with RunContext(cfg, load_pair_data, prepare) as ctx:
+        train, held_out = ctx.train_rows, ctx.eval_rows
+        use_ref = needs_reference(a.preference_loss)
+        placement = ctx.place(trainer_roles(cfg, "policy", reference=use_ref))
+        policy = TrainerGroup("policy", ctx.model_path, cfg, placement, t, "dpo")
+        reference = ReferenceLogps(reference_actor(cfg, ctx.model_path, placement), t) if use_ref else None
+        if use_ref and a.reference_mode == "precompute":
+            with ctx.phase("reference"):
+                for pairs in (train, held_out):
+                    reference.precompute(pairs, ctx.pad_id, cfg.trainer.mini_batch_size)
+            ray.kill(reference.actor)
+            reference = None
+        eval_batch = with_precomputed(pack_pairs(held_out, ctx.pad_id), held_out) if held_out else None
+        if eval_batch is not None and reference is not None:
+            eval_batch["ref_logps"] = reference(eval_batch)
+
+        def make_batch(pairs: list[dict]) -> dict:
+            batch = with_precomputed(pack_pairs(pairs, ctx.pad_id), pairs)
+            if reference is not None:
+                with ctx.phase("reference"):
+                    batch["ref_logps"] = reference(batch)
+            return batch
+
+        return fit(ctx, policy, "policy", train, eval_batch, make_batch)

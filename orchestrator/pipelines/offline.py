@@ -1,0 +1,115 @@
+"""What the offline pipelines (dpo, rm, sft) share that is not their algorithm: input checks,
+tokenisation with the over-long policy, the roles they place, and held-out evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from orchestrator.errors import DataError
+from orchestrator.placement import RoleSpec
+from orchestrator.preference_data import load_pair_rows, load_sft_rows
+from orchestrator.run import data_paths
+
+log = logging.getLogger("tether")
+
+
+def _load_both(cfg, load, what: str, **keys) -> tuple[list[dict], list[dict]]:
+    """Rows (train, held-out) read with ``load(path, split=..., field=..., **keys)``; the train rows
+    must fill at least one batch."""
+    train_path, eval_path = data_paths(cfg)
+    train = load(train_path, split=cfg.data.split, field="data.path", **keys)
+    held_out = load(eval_path, split=cfg.data.split, field="data.eval_path", **keys) if eval_path else []
+    if cfg.trainer.mini_batch_size > len(train):
+        raise DataError(f"trainer.mini_batch_size={cfg.trainer.mini_batch_size} is larger than the {len(train)} "
+                        f"{what} in {train_path}")
+    return train, held_out
+
+
+def load_pair_data(cfg) -> tuple[list[dict], list[dict]]:
+    """Preference pairs (train, held-out), every row checked before anything starts."""
+    d = cfg.data
+    return _load_both(cfg, load_pair_rows, "preference pairs", prompt_key=d.prompt_key, chosen_key=d.chosen_key,
+                      rejected_key=d.rejected_key)
+
+
+def load_sft_data(cfg) -> tuple[list[dict], list[dict]]:
+    """SFT rows (train, held-out), normalised to ``{"prompt", "response"}``."""
+    d = cfg.data
+    return _load_both(cfg, load_sft_rows, "rows", prompt_key=d.prompt_key, response_key=d.response_key,
+                      messages_key=d.messages_key)
+
+
+def encode_both(ctx, encode, **kwargs) -> tuple[list[dict], list[dict]]:
+    """Tokenise the train and held-out rows with ``encode(tokenizer, rows, ..., overlong)``; says how
+    many rows were truncated or dropped (``data.overlong``), and fails if too few train rows are left."""
+    cfg = ctx.cfg
+    out = []
+    for name, rows in (("train", ctx.train_rows), ("held-out", ctx.eval_rows)):
+        if not rows:
+            out.append([])
+            continue
+        encoded, counts = encode(ctx.tokenizer, rows, max_length=cfg.data.max_length, overlong=cfg.data.overlong,
+                                 **kwargs)
+        if counts.get("truncated") or counts.get("dropped"):
+            log.warning("%s data: %d of %d rows were over data.max_length=%d tokens: %d truncated, %d dropped "
+                        "(data.overlong=%s)", name, counts.get("truncated", 0) + counts.get("dropped", 0),
+                        counts["rows"], cfg.data.max_length, counts.get("truncated", 0), counts.get("dropped", 0),
+                        cfg.data.overlong)
+        out.append(encoded)
+    if len(out[0]) < cfg.trainer.mini_batch_size:
+        raise DataError(f"only {len(out[0])} train rows are left after dropping over-long ones, fewer than "
+                        f"trainer.mini_batch_size={cfg.trainer.mini_batch_size}; raise data.max_length or use "
+                        "data.overlong=truncate")
+    return out[0], out[1]
+
+
+def trainer_roles(cfg, role: str, reference: bool = False) -> list[RoleSpec]:
+    """The trainer ranks of an offline pipeline (placement role ``role``), plus a reference actor."""
+    extra = cfg.cluster.role_resources
+    roles = [RoleSpec(role, cfg.trainer.num_ranks, cfg.trainer.num_cpus, cfg.trainer.num_gpus, dict(extra[role]))]
+    if reference:
+        roles.append(RoleSpec("reference", 1, cfg.reference.num_cpus, cfg.reference.num_gpus, dict(extra.reference)))
+    return roles
+
+
+def held_out_metrics(group, batch: dict | None) -> dict[str, float]:
+    """The objective's metrics on the held-out batch, as ``eval/<name>``."""
+    if batch is None:
+        return {}
+    return {f"eval/{k}": v for k, v in group.evaluate(batch).items()}
+
+
+def train_metrics(stats: dict, epoch: int) -> dict[str, float]:
+    """A step's metrics row from the trainer group's stats."""
+    row = {k: v for k, v in stats.items() if k not in ("nonfinite_skips", "updates")}
+    row["train/nonfinite_skips"] = stats["nonfinite_skips"]
+    row["epoch"] = epoch
+    return row
+
+
+def fit(ctx, group, role: str, train: list[dict], eval_batch: dict | None, make_batch) -> dict:
+    """The offline loop: ``make_batch(rows)`` -> one optimizer step -> metrics row (held-out metrics
+    every ``trainer.eval_every`` steps and after the last) -> checkpoint every ``trainer.save_steps``;
+    then ``<output_dir>/final``. Returns the last metrics row."""
+    from orchestrator.data import PromptLoader
+
+    cfg = ctx.cfg
+    loader = PromptLoader(train, cfg.trainer.mini_batch_size, cfg.seed)
+    start = ctx.restore({role: group}, loader)
+    metrics: dict = {}
+    for step in ctx.steps(start):
+        batch = make_batch(next(loader))
+        with ctx.phase("train"):
+            stats = group.train(batch, 1, seed=cfg.seed + step)
+        metrics = train_metrics(stats, loader.epoch)
+        if ctx.eval_due(step):
+            with ctx.phase("eval"):
+                metrics.update(held_out_metrics(group, eval_batch))
+        ctx.log(step, metrics)
+        ctx.check_finite(stats)
+        ctx.maybe_checkpoint(step, {role: group}, loader)
+    if cfg.trainer.save_final:
+        ctx.save_final(group)
+    print(ctx.summary())
+    return metrics
