@@ -128,21 +128,22 @@ def convert_gguf(path: Path, cache_dir: Path | None = None) -> Path:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
+    return _save_atomically(model, tokenizer, GenerationConfig.from_model_config(model.config), target)
+
+
+def _save_atomically(model, tokenizer, generation_config, target: Path) -> Path:
+    """Write an HF folder to a temporary folder beside ``target``, then rename it into place
+    (another process may have finished first: then its folder is kept)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp", dir=target.parent))
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    GenerationConfig.from_model_config(model.config).save_pretrained(tmp)
-    _publish(tmp, target)
-    return target
-
-
-def _publish(tmp: Path, target: Path) -> None:
-    """Rename a finished build into place (another process may have finished first)."""
+    generation_config.save_pretrained(tmp)
     try:
         os.rename(tmp, target)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def _train_tokenizer(vocab_size: int):
@@ -202,10 +203,4 @@ def build_tiny_model(spec: dict, cache_dir: Path | None = None) -> Path:
     )
     torch.manual_seed(spec["seed"])
     model = LlamaForCausalLM(config)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp", dir=target.parent))
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    model.generation_config.save_pretrained(tmp)
-    _publish(tmp, target)
-    return target
+    return _save_atomically(model, tokenizer, model.generation_config, target)

@@ -144,11 +144,16 @@ class GroupPlan:
 
     def total(self) -> dict:
         """All bundles summed."""
-        out: dict = {}
-        for b in self.bundles:
-            for k, v in b.items():
-                out[k] = out.get(k, 0.0) + v
-        return out
+        return sum_resources(self.bundles)
+
+
+def sum_resources(dicts: list[dict]) -> dict:
+    """Resource dicts added up key by key."""
+    out: dict = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = out.get(k, 0.0) + v
+    return out
 
 
 def _fits(need: dict, node: dict) -> bool:
@@ -235,10 +240,7 @@ class Placement:
 
     def __init__(self, roles: list[RoleSpec], strategy: str, timeout_s: float, colocate=None):
         nodes = alive_nodes()
-        totals: dict = {}
-        for n in nodes:
-            for k, v in n.items():
-                totals[k] = totals.get(k, 0.0) + v
+        totals = sum_resources(nodes)
         self.roles = roles
         self.plans = plan_groups(roles, strategy, colocate, nodes)
         check_resources_exist(self.plans, nodes)

@@ -24,6 +24,7 @@ from orchestrator.data import load_prompt_rows, render_prompt
 from orchestrator.errors import ConfigError, DataError, NumericalError, WorkerError
 from orchestrator.models import resolve_model_path
 from orchestrator.placement import Placement
+from orchestrator.preference_data import prompt_text
 from orchestrator.rewards.loader import load_reward_function, resolve_file
 from orchestrator.runtime import start_ray
 from orchestrator.tracking import Tracker
@@ -56,19 +57,28 @@ def data_paths(cfg) -> tuple[str, str | None]:
     return resolve_data_path(train), (resolve_data_path(held_out) if held_out else None)
 
 
+def load_train_and_held_out(cfg, load, batch_field: str, what: str, **keys) -> tuple[list[dict], list[dict]]:
+    """Rows (train, held-out) read with ``load(path, split=..., field=..., **keys)``; the train rows
+    must fill at least one batch of ``batch_field`` (a config path such as ``trainer.mini_batch_size``)."""
+    train_path, eval_path = data_paths(cfg)
+    train = load(train_path, split=cfg.data.split, field="data.path", **keys)
+    held_out = load(eval_path, split=cfg.data.split, field="data.eval_path", **keys) if eval_path else []
+    batch = OmegaConf.select(cfg, batch_field)
+    if batch > len(train):
+        raise DataError(f"batch size {batch} ({batch_field}) is larger than the {len(train)} {what} in {train_path}; "
+                        f"lower {batch_field}={batch} or add rows")
+    return train, held_out
+
+
 def load_prompt_data(cfg) -> tuple[list[dict], list[dict]]:
     """RLHF input checks: prompt rows (train, held-out) and the reward function / model."""
-    train_path, eval_path = data_paths(cfg)
-    train = load_prompt_rows(train_path, cfg.data.prompt_key, cfg.data.split)
-    held_out = load_prompt_rows(eval_path, cfg.data.prompt_key, cfg.data.split) if eval_path else []
-    if cfg.trainer.rollout_batch_size > len(train):
-        raise DataError(f"batch size {cfg.trainer.rollout_batch_size} (trainer.rollout_batch_size) is larger than "
-                        f"the {len(train)} prompt rows in {train_path}")
+    rows = load_train_and_held_out(cfg, load_prompt_rows, "trainer.rollout_batch_size", "prompt rows",
+                                   prompt_key=cfg.data.prompt_key)
     if cfg.reward.function:
         load_reward_function(cfg.reward.function)
     if cfg.reward.model_path and not (Path(cfg.reward.model_path) / "config.json").is_file():
         raise ConfigError(f"reward.model_path={cfg.reward.model_path!r}: not a model folder (no config.json)")
-    return train, held_out
+    return rows
 
 
 class RunContext:
@@ -141,14 +151,7 @@ class RunContext:
     def prompt_texts(self, rows: list[dict], n: int) -> list[str]:
         """The prompt each of ``n`` samples per row answers, as reward functions get it: the row's
         prompt string, or for chat rows the content of the last user message."""
-        texts = []
-        for row in rows:
-            prompt = row[self.cfg.data.prompt_key]
-            if not isinstance(prompt, str):
-                users = [m["content"] for m in prompt if m.get("role") == "user"] or [prompt[-1]["content"]]
-                prompt = users[-1]
-            texts += [prompt] * n
-        return texts
+        return [prompt_text(row[self.cfg.data.prompt_key]) for row in rows for _ in range(n)]
 
     def decode(self, ids: list[int]) -> str:
         """Token ids -> text without special tokens."""

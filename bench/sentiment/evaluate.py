@@ -5,8 +5,8 @@
 For each policy (and the initial SmolLM2, the origin point), with the same settings for all:
 ``SAMPLES`` responses per held-out prompt (``data/sentiment/prompts_eval.jsonl``), drawn with
 transformers ``generate`` at temperature 1, no top-k / top-p cut, at most ``MAX_NEW_TOKENS``
-tokens, from a fixed seed. Each response is scored by the trained reward model on the text
-``prompt + response`` (what the RLHF reward actor scores), and its KL to the reference is the sum
+tokens, from a fixed seed. Each response is scored by the trained reward model on
+``reward_text(prompt, response)`` (prompt and response on two lines: what the RLHF reward actor scores), and its KL to the reference is the sum
 over its tokens (up to and including end-of-sequence) of ``log pi(y_t) - log pi_ref(y_t)`` on the
 policy's own sample: an unbiased single-sample estimate of the sequence KL(pi || pi_ref). As a
 check on the learned reward that no method trained on, each response alone is also scored by
@@ -29,6 +29,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from orchestrator.preference_data import reward_text  # noqa: E402
+
 OUTPUTS = ROOT / "outputs" / "sentiment"
 PROMPTS = ROOT / "data" / "sentiment" / "prompts_eval.jsonl"
 SAMPLES = 1  # responses per prompt
@@ -118,7 +120,7 @@ def evaluate(policies: dict[str, str], reference: str, reward_model: str, prompt
         kls = [a - b for a, b in zip(sequence_logprobs(policy, samples, tokenizer.pad_token_id),
                                      sequence_logprobs(ref, samples, tokenizer.pad_token_id))]
         responses = [tokenizer.decode(r, skip_special_tokens=True) for _, r in samples]
-        texts = [prompts[k // SAMPLES] + responses[k] for k in range(len(responses))]
+        texts = [reward_text(prompts[k // SAMPLES], responses[k]) for k in range(len(responses))]
         rewards = rm_scores(rm, rm_tokenizer, texts)
         (reward, reward_se), (kl, kl_se) = _mean_se(rewards), _mean_se(kls)
         vader, vader_se = _mean_se([lexicon.polarity_scores(r)["compound"] for r in responses])

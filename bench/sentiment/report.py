@@ -37,7 +37,7 @@ NOTES = """## How the data were built
   words, `rejected` = the negative one's (at most 30 words each). In half the pairs the chosen
   continuation is the one that really follows the opening, in the other half the rejected one, so
   fluency does not separate them; only sentiment does. 1,483 train pairs, 200 held-out pairs.
-- Reward model: `pipeline=rm` on these pairs (Bradley-Terry loss), scoring `prompt + response`.
+- Reward model: `pipeline=rm` on these pairs (Bradley-Terry loss), scoring `prompt` and `response` on two lines (`reward_text`, as the RLHF reward actor).
 
 ## How this differs from the paper
 
@@ -150,7 +150,7 @@ def write_report() -> str:
         f"Every policy answered the same {next(iter(results.values()))['prompts']} held-out prompts, "
         f"{SAMPLES} sample each, temperature 1 with no top-k / top-p cut, at most {MAX_NEW_TOKENS} new tokens, "
         "same seed (`bench/sentiment/evaluate.py`). Reward: the trained reward model's score of "
-        "`prompt + response`. KL: per response, the sum over its tokens of log pi - log pi_ref on the "
+        "`prompt` and `response` on two lines (`reward_text`, as the RLHF reward actor). KL: per response, the sum over its tokens of log pi - log pi_ref on the "
         "policy's own sample (an unbiased estimate of the sequence KL), averaged. VADER: the rule-based "
         "sentiment lexicon's compound score of the response alone, in [-1, 1], a check that no method "
         "trained on.",

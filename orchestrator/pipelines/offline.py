@@ -9,35 +9,23 @@ import logging
 from orchestrator.errors import DataError
 from orchestrator.placement import RoleSpec
 from orchestrator.preference_data import load_pair_rows, load_sft_rows
-from orchestrator.run import data_paths
+from orchestrator.run import load_train_and_held_out
 
 log = logging.getLogger("tether")
-
-
-def _load_both(cfg, load, what: str, **keys) -> tuple[list[dict], list[dict]]:
-    """Rows (train, held-out) read with ``load(path, split=..., field=..., **keys)``; the train rows
-    must fill at least one batch."""
-    train_path, eval_path = data_paths(cfg)
-    train = load(train_path, split=cfg.data.split, field="data.path", **keys)
-    held_out = load(eval_path, split=cfg.data.split, field="data.eval_path", **keys) if eval_path else []
-    if cfg.trainer.mini_batch_size > len(train):
-        raise DataError(f"trainer.mini_batch_size={cfg.trainer.mini_batch_size} is larger than the {len(train)} "
-                        f"{what} in {train_path}")
-    return train, held_out
 
 
 def load_pair_data(cfg) -> tuple[list[dict], list[dict]]:
     """Preference pairs (train, held-out), every row checked before anything starts."""
     d = cfg.data
-    return _load_both(cfg, load_pair_rows, "preference pairs", prompt_key=d.prompt_key, chosen_key=d.chosen_key,
-                      rejected_key=d.rejected_key)
+    return load_train_and_held_out(cfg, load_pair_rows, "trainer.mini_batch_size", "preference pairs",
+                                   prompt_key=d.prompt_key, chosen_key=d.chosen_key, rejected_key=d.rejected_key)
 
 
 def load_sft_data(cfg) -> tuple[list[dict], list[dict]]:
     """SFT rows (train, held-out), normalised to ``{"prompt", "response"}``."""
     d = cfg.data
-    return _load_both(cfg, load_sft_rows, "rows", prompt_key=d.prompt_key, response_key=d.response_key,
-                      messages_key=d.messages_key)
+    return load_train_and_held_out(cfg, load_sft_rows, "trainer.mini_batch_size", "rows", prompt_key=d.prompt_key,
+                                   response_key=d.response_key, messages_key=d.messages_key)
 
 
 def encode_both(ctx, encode, **kwargs) -> tuple[list[dict], list[dict]]:
