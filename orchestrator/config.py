@@ -106,6 +106,27 @@ class ReferenceConfig:
 
 
 @dataclass
+class FeedbackConfig:
+    """pipeline=cai, stage 2: the frozen model that says which of two responses follows a principle."""
+
+    model_path: Optional[str] = None  # local HF causal-LM folder; null: the run's initial model (``model``)
+    num_cpus: float = 0.25
+    num_gpus: float = 0.0
+    batch_size: int = 16  # forward micro-batch (questions x options)
+
+
+@dataclass
+class CAIConfig:
+    """Constitutional AI (pipeline=cai): critique-and-revise SFT, then AI-feedback preference pairs."""
+
+    constitution: str = "orchestrator/assets/constitutions/harmless.yaml"  # principles file (YAML / JSON,
+    # format in orchestrator/constitution.py)
+    revision_rounds: int = 1  # critique -> revision rounds per prompt, each with a principle drawn at random
+    feedback_samples: int = 2  # stage 2: responses sampled per prompt; every two of them form a pair
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+
+
+@dataclass
 class AlgorithmConfig:
     """RL algorithm: advantage estimator, losses and KL handling (see orchestrator/algorithms)."""
 
@@ -171,6 +192,7 @@ class RoleResourcesConfig:
     policy: dict[str, float] = field(default_factory=dict)  # per policy rank
     critic: dict[str, float] = field(default_factory=dict)  # per critic rank (PPO)
     reward_model: dict[str, float] = field(default_factory=dict)  # per rank of pipeline=rm
+    feedback: dict[str, float] = field(default_factory=dict)  # the feedback model of pipeline=cai
 
 
 @dataclass
@@ -224,6 +246,7 @@ class TetherConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    cai: CAIConfig = field(default_factory=CAIConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -244,10 +267,12 @@ def _choice(field_name: str, value, choices) -> None:
 
 
 def _positive(cfg, names: list[str]) -> None:
+    from omegaconf import OmegaConf
+
     for name in names:
-        section, key = name.split(".")
-        if getattr(getattr(cfg, section), key) <= 0:
-            raise ConfigError(f"{name}={getattr(getattr(cfg, section), key)!r} must be > 0")
+        value = OmegaConf.select(cfg, name)
+        if value <= 0:
+            raise ConfigError(f"{name}={value!r} must be > 0")
 
 
 def validate(cfg) -> None:
@@ -282,6 +307,8 @@ def validate(cfg) -> None:
         _validate_rlhf(cfg)
     else:
         _validate_offline(cfg)
+    if cfg.pipeline == "cai":
+        _validate_cai(cfg)
 
 
 def _validate_offline(cfg) -> None:
@@ -301,6 +328,28 @@ def _validate_offline(cfg) -> None:
             raise ConfigError(f"algorithm.label_smoothing={cfg.algorithm.label_smoothing!r} must be in [0, 0.5)")
 
 
+def _validate_rollout(cfg) -> None:
+    """Checks for pipelines that sample from rollout engines."""
+    _positive(cfg, ["rollout.num_workers", "rollout.max_new_tokens", "rollout.temperature"])
+    if cfg.rollout.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ConfigError("rollout.backend=vllm but vLLM is not installed: install '.[cpu]' or '.[gpu]', or use rollout=hf")
+    if cfg.device == "cuda" and cfg.rollout.backend == "vllm" and cfg.rollout.num_gpus < cfg.rollout.tensor_parallel_size:
+        raise ConfigError(f"rollout.num_gpus={cfg.rollout.num_gpus:g} must be >= rollout.tensor_parallel_size="
+                          f"{cfg.rollout.tensor_parallel_size} (each engine's GPUs are its actor's)")
+
+
+def _validate_cai(cfg) -> None:
+    """Checks for the cai pipeline (the constitution file itself is checked with the data)."""
+    _validate_rollout(cfg)
+    _positive(cfg, ["cai.revision_rounds", "cai.feedback.batch_size"])
+    if cfg.cai.feedback_samples < 2:
+        raise ConfigError(f"cai.feedback_samples={cfg.cai.feedback_samples} must be >= 2 (pairs are compared)")
+    if cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens > cfg.rollout.max_model_len:
+        raise ConfigError(f"data.max_prompt_tokens + rollout.max_new_tokens = "
+                          f"{cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens} must be <= rollout.max_model_len="
+                          f"{cfg.rollout.max_model_len}")
+
+
 def _validate_rlhf(cfg) -> None:
     """Checks for the RLHF pipeline."""
     from orchestrator.algorithms import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, POLICY_LOSSES
@@ -308,8 +357,8 @@ def _validate_rlhf(cfg) -> None:
     ADVANTAGE_ESTIMATORS.get(cfg.algorithm.estimator)
     KL_ESTIMATORS.get(cfg.algorithm.kl_estimator)
     POLICY_LOSSES.get(cfg.algorithm.policy_loss)
-    _positive(cfg, ["trainer.rollout_batch_size", "rollout.num_workers", "rollout.max_new_tokens",
-                    "rollout.temperature", "algorithm.n_samples", "algorithm.ppo_epochs"])
+    _validate_rollout(cfg)
+    _positive(cfg, ["trainer.rollout_batch_size", "algorithm.n_samples", "algorithm.ppo_epochs"])
     if cfg.algorithm.estimator in ("grpo", "rloo") and cfg.algorithm.n_samples < 2:
         raise ConfigError(f"algorithm.n_samples={cfg.algorithm.n_samples} must be >= 2 for "
                           f"algorithm.estimator={cfg.algorithm.estimator} (it compares samples of one prompt)")
@@ -329,11 +378,6 @@ def _validate_rlhf(cfg) -> None:
                 raise ConfigError(f"{where}: set CPUs / GPUs with the role's num_cpus / num_gpus, not here")
             if amount <= 0 or (amount > 1 and amount != int(amount)):
                 raise ConfigError(f"{where} must be > 0, and a whole number when above 1 (Ray's rule)")
-    if cfg.rollout.backend == "vllm" and importlib.util.find_spec("vllm") is None:
-        raise ConfigError("rollout.backend=vllm but vLLM is not installed: install '.[cpu]' or '.[gpu]', or use rollout=hf")
-    if cfg.device == "cuda" and cfg.rollout.backend == "vllm" and cfg.rollout.num_gpus < cfg.rollout.tensor_parallel_size:
-        raise ConfigError(f"rollout.num_gpus={cfg.rollout.num_gpus:g} must be >= rollout.tensor_parallel_size="
-                          f"{cfg.rollout.tensor_parallel_size} (each engine's GPUs are its actor's)")
     if cfg.reward.function is None and cfg.reward.model_path is None and cfg.reward.remote_url is None:
         raise ConfigError("reward: set reward.function=FILE.py:NAME, reward.model_path=DIR or reward.remote_url=URL "
                           "(all are null)")

@@ -40,7 +40,7 @@ from orchestrator.errors import ResourceError
 EPS = 1e-9
 # where each role's num_cpus / num_gpus live in the config (for hints in error messages)
 CONFIG_SECTION = {"rollout": "rollout", "reward": "reward", "reference": "reference", "policy": "trainer",
-                  "critic": "trainer", "reward_model": "trainer"}
+                  "critic": "trainer", "reward_model": "trainer", "feedback": "cai.feedback"}
 TRAINER_ROLES = ("policy", "critic", "reward_model")  # roles whose ranks are kept together by default
 
 
@@ -82,6 +82,15 @@ def rlhf_roles(cfg) -> list[RoleSpec]:
     if cfg.algorithm.estimator == "gae":
         roles.append(spec("critic", cfg.trainer.num_ranks, cfg.trainer))
     return roles
+
+
+def cai_roles(cfg) -> list[RoleSpec]:
+    """The roles a Constitutional AI run needs: rollout engines, policy ranks (SFT), feedback model."""
+    extra = cfg.cluster.role_resources
+    f = cfg.cai.feedback
+    return [RoleSpec("rollout", cfg.rollout.num_workers, cfg.rollout.num_cpus, cfg.rollout.num_gpus, dict(extra.rollout)),
+            RoleSpec("policy", cfg.trainer.num_ranks, cfg.trainer.num_cpus, cfg.trainer.num_gpus, dict(extra.policy)),
+            RoleSpec("feedback", 1, f.num_cpus, f.num_gpus, dict(extra.feedback))]
 
 
 def _hint(resource: str, roles: list[str]) -> str:

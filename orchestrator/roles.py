@@ -18,6 +18,7 @@ from orchestrator.batching import shard
 from orchestrator.errors import WorkerError
 from orchestrator.placement import Placement
 from orchestrator.runtime import wait, wait_timed
+from workers.feedback import FeedbackWorker
 from workers.reference import ReferenceWorker
 from workers.reward import RewardWorker
 from workers.rollout import RolloutWorker
@@ -108,62 +109,45 @@ def reference_actor(cfg, model_path: str, placement: Placement):
             .remote(model_path, ref_cfg))
 
 
-class RLHFRoles:
-    """Every actor of an RLHF run.
+class RolloutPool:
+    """The rollout engines of a run (``rollout.num_workers`` actors).
 
-    Rollout and reward actors are restarted by Ray when their process dies (up to
-    ``cluster.max_restarts``; an in-flight call is retried on the new process). Each reply carries
-    the process's incarnation id, so a restart is noticed: a restarted rollout engine gets the
-    current policy weights again and the generation is redone; a restarted reward actor's
-    retried call is used as is (it holds no state). Trainer ranks are not restarted: a dead rank
-    ends the run with an error naming it.
+    Engines are restarted by Ray when their process dies (up to ``cluster.max_restarts``; an
+    in-flight call is retried on the new process). Each reply carries the process's incarnation id,
+    so a restart is noticed: the restarted engine is given the current policy weights
+    (``weights()``, an object ref; None while the engines still hold the initial weights) and the
+    generation is done again.
     """
 
-    def __init__(self, cfg, model_path: str, placement: Placement):
-        t = self.timeout_s = cfg.cluster.call_timeout_s
-        self.max_restarts = cfg.cluster.max_restarts
+    def __init__(self, cfg, model_path: str, placement: Placement, tag: str):
+        self.timeout_s, self.max_restarts = cfg.cluster.call_timeout_s, cfg.cluster.max_restarts
         restart = {"max_restarts": self.max_restarts, "max_task_retries": self.max_restarts}
-        common = _common(cfg)
-        tag = uuid.uuid4().hex[:6]
-        rollout_cfg = {**common, **OmegaConf.to_container(cfg.rollout)}
-        self.rollout = [
+        rollout_cfg = {**_common(cfg), **OmegaConf.to_container(cfg.rollout)}
+        self.actors = [
             ray.remote(RolloutWorker).options(name=f"rollout-{i}-{tag}", **restart, **placement.options("rollout", i))
             .remote(model_path, rollout_cfg)
             for i in range(cfg.rollout.num_workers)
         ]
-        reward_cfg = {**common, **OmegaConf.to_container(cfg.reward), "max_length": cfg.rollout.max_model_len}
-        token_env = {cfg.reward.remote_token_env: os.environ.get(cfg.reward.remote_token_env, "")}
-        self.reward = (ray.remote(RewardWorker).options(name=f"reward-{tag}", **restart, **placement.options("reward"),
-                                                        runtime_env={"env_vars": token_env})
-                       .remote(reward_cfg))
-        self.reference = reference_actor(cfg, model_path, placement)
-        self.policy = TrainerGroup("policy", model_path, cfg, placement, t, "ppo")
-        self.critic = (TrainerGroup("critic", model_path, cfg, placement, t, "value")
-                       if cfg.algorithm.estimator == "gae" else None)
-        self.incarnations = wait([w.ready.remote() for w in self.rollout], self._rollout_names("start-up"), t)
-        self.restarts = 0  # rollout restarts seen (the pipeline rebuilds its weight sync after one)
-        self.reward_incarnation = wait(self.reward.ready.remote(), "reward (start-up)", t)
+        self.weights = None
+        self.restarts = 0  # restarts seen (a pipeline rebuilds its weight sync after one)
+        self.incarnations: list[str] = []
 
-    def _rollout_names(self, what: str) -> list[str]:
-        return [f"rollout-{i} ({what})" for i in range(len(self.rollout))]
+    def wait_ready(self) -> None:
+        """Wait until every engine is built (actors start concurrently with the other roles)."""
+        self.incarnations = wait([w.ready.remote() for w in self.actors], self._names("start-up"), self.timeout_s)
 
-    def trainer_groups(self) -> dict:
-        """The trainer groups by name (what a checkpoint holds)."""
-        return {k: g for k, g in (("policy", self.policy), ("critic", self.critic)) if g is not None}
+    def _names(self, what: str) -> list[str]:
+        return [f"rollout-{i} ({what})" for i in range(len(self.actors))]
 
     def generate(self, prompt_ids: list[list[int]], n: int, seed: int, greedy: bool = False) -> list[dict]:
-        """Split the prompts between the rollout actors; samples come back in prompt order.
-
-        If an engine was restarted since its last call, it is sent the current weights and the
-        generation is done again (``cluster.max_restarts`` times at most).
-        """
-        size = -(-len(prompt_ids) // len(self.rollout))
-        parts = [(i, prompt_ids[i * size : (i + 1) * size]) for i in range(len(self.rollout))]
+        """Split the prompts between the engines; samples come back in prompt order."""
+        size = -(-len(prompt_ids) // len(self.actors))
+        parts = [(i, prompt_ids[i * size : (i + 1) * size]) for i in range(len(self.actors))]
         parts = [(i, p) for i, p in parts if p]
         for _ in range(self.max_restarts + 1):
             # prompt j's samples use seeds seed + j*n .. seed + j*n + n-1, whichever engine serves it
-            refs = [self.rollout[i].generate_tagged.remote(p, n, seed + i * size * n, greedy) for i, p in parts]
-            replies = wait(refs, [self._rollout_names("generate")[i] for i, _ in parts], self.timeout_s)
+            refs = [self.actors[i].generate_tagged.remote(p, n, seed + i * size * n, greedy) for i, p in parts]
+            replies = wait(refs, [self._names("generate")[i] for i, _ in parts], self.timeout_s)
             restarted = [i for (i, _), r in zip(parts, replies) if r["incarnation"] != self.incarnations[i]]
             if not restarted:
                 return [s for r in replies for s in r["samples"]]
@@ -175,11 +159,62 @@ class RLHFRoles:
 
     def resend_weights(self, indices: list[int]) -> None:
         """Give restarted engines the current policy weights (through the object store)."""
-        ref = self.policy.state_dict_ref()
-        wait([self.rollout[i].load_weights.remote(ref) for i in indices],
-             [self._rollout_names("reload weights")[i] for i in indices], self.timeout_s)
+        if self.weights is not None:
+            ref = self.weights()
+            wait([self.actors[i].load_weights.remote(ref) for i in indices],
+                 [self._names("reload weights")[i] for i in indices], self.timeout_s)
         for i in indices:
-            self.incarnations[i] = wait(self.rollout[i].ready.remote(), f"rollout-{i} (restart)", self.timeout_s)
+            self.incarnations[i] = wait(self.actors[i].ready.remote(), f"rollout-{i} (restart)", self.timeout_s)
+
+
+def feedback_actor(cfg, model_path: str, placement: Placement):
+    """The feedback model's actor (role ``feedback``, pipeline=cai)."""
+    f = cfg.cai.feedback
+    feedback_cfg = {**_common(cfg), "batch_size": f.batch_size, "max_prompt_tokens": cfg.data.max_length}
+    return (ray.remote(FeedbackWorker).options(name=f"feedback-{uuid.uuid4().hex[:6]}", **placement.options("feedback"))
+            .remote(model_path, feedback_cfg))
+
+
+class RLHFRoles:
+    """Every actor of an RLHF run.
+
+    Rollout engines are a ``RolloutPool`` (restarted by Ray, then given the current weights; the
+    generation is redone). The reward actor is restarted by Ray too (up to
+    ``cluster.max_restarts``); its retried call is used as is (it holds no state). Trainer ranks
+    are not restarted: a dead rank ends the run with an error naming it.
+    """
+
+    def __init__(self, cfg, model_path: str, placement: Placement):
+        t = self.timeout_s = cfg.cluster.call_timeout_s
+        restart = {"max_restarts": cfg.cluster.max_restarts, "max_task_retries": cfg.cluster.max_restarts}
+        tag = uuid.uuid4().hex[:6]
+        self.rollouts = RolloutPool(cfg, model_path, placement, tag)
+        self.rollout = self.rollouts.actors
+        reward_cfg = {**_common(cfg), **OmegaConf.to_container(cfg.reward), "max_length": cfg.rollout.max_model_len}
+        token_env = {cfg.reward.remote_token_env: os.environ.get(cfg.reward.remote_token_env, "")}
+        self.reward = (ray.remote(RewardWorker).options(name=f"reward-{tag}", **restart, **placement.options("reward"),
+                                                        runtime_env={"env_vars": token_env})
+                       .remote(reward_cfg))
+        self.reference = reference_actor(cfg, model_path, placement)
+        self.policy = TrainerGroup("policy", model_path, cfg, placement, t, "ppo")
+        self.critic = (TrainerGroup("critic", model_path, cfg, placement, t, "value")
+                       if cfg.algorithm.estimator == "gae" else None)
+        self.rollouts.weights = self.policy.state_dict_ref
+        self.rollouts.wait_ready()
+        self.reward_incarnation = wait(self.reward.ready.remote(), "reward (start-up)", t)
+
+    @property
+    def restarts(self) -> int:
+        """Rollout restarts seen (the pipeline rebuilds its weight sync after one)."""
+        return self.rollouts.restarts
+
+    def trainer_groups(self) -> dict:
+        """The trainer groups by name (what a checkpoint holds)."""
+        return {k: g for k, g in (("policy", self.policy), ("critic", self.critic)) if g is not None}
+
+    def generate(self, prompt_ids: list[list[int]], n: int, seed: int, greedy: bool = False) -> list[dict]:
+        """``n`` samples per prompt from the rollout engines (see ``RolloutPool.generate``)."""
+        return self.rollouts.generate(prompt_ids, n, seed, greedy)
 
     def score_async(self, prompts: list[str], responses: list[str]):
         """Start scoring; pass the reply to ``scores``."""

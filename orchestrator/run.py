@@ -38,6 +38,7 @@ SHIPPED_DATA = {  # pipeline -> (train, held-out) used when data.path is null
     "dpo": (f"{ASSETS}/preferences/tiny.jsonl", f"{ASSETS}/preferences/tiny_eval.jsonl"),
     "rm": (f"{ASSETS}/preferences/tiny.jsonl", f"{ASSETS}/preferences/tiny_eval.jsonl"),
     "sft": (f"{ASSETS}/sft/tiny.jsonl", f"{ASSETS}/sft/tiny_eval.jsonl"),
+    "cai": (f"{ASSETS}/red_team/prompts.jsonl", None),
 }
 
 

@@ -47,6 +47,10 @@ class RolloutWorker:
                 load_format="safetensors",
                 worker_extension_cls="workers.vllm_weight_ext.WeightSyncExtension",
             )
+            if cfg["device"] == "cpu":
+                # A prefill split over engine steps rewinds the request's seeded generator, which a CPU
+                # torch.Generator cannot do ("CPU Generator does not use offset"): prefill whole prompts.
+                kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(cfg["max_model_len"], 4096))
             if cfg["device"] == "cuda":
                 kwargs.update(gpu_memory_utilization=cfg["gpu_memory_utilization"],
                               tensor_parallel_size=cfg["tensor_parallel_size"])

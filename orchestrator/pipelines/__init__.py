@@ -9,6 +9,7 @@ PIPELINES = {
     "dpo": "orchestrator.pipelines.dpo",
     "rm": "orchestrator.pipelines.rm",
     "sft": "orchestrator.pipelines.sft",
+    "cai": "orchestrator.pipelines.cai",
 }
 
 

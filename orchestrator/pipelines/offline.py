@@ -76,10 +76,11 @@ def train_metrics(stats: dict, epoch: int) -> dict[str, float]:
     return row
 
 
-def fit(ctx, group, role: str, train: list[dict], eval_batch: dict | None, make_batch) -> dict:
+def fit(ctx, group, role: str, train: list[dict], eval_batch: dict | None, make_batch, after_last=None) -> dict:
     """The offline loop: ``make_batch(rows)`` -> one optimizer step -> metrics row (held-out metrics
     every ``trainer.eval_every`` steps and after the last) -> checkpoint every ``trainer.save_steps``;
-    then ``<output_dir>/final``. Returns the last metrics row."""
+    then ``<output_dir>/final``. ``after_last()``, if given, runs after the last step's update and
+    its metrics join that step's row. Returns the last metrics row."""
     from orchestrator.data import PromptLoader
 
     cfg = ctx.cfg
@@ -94,6 +95,8 @@ def fit(ctx, group, role: str, train: list[dict], eval_batch: dict | None, make_
         if ctx.eval_due(step):
             with ctx.phase("eval"):
                 metrics.update(held_out_metrics(group, eval_batch))
+        if after_last is not None and step == cfg.trainer.max_steps:
+            metrics.update(after_last())
         ctx.log(step, metrics)
         ctx.check_finite(stats)
         ctx.maybe_checkpoint(step, {role: group}, loader)
