@@ -168,10 +168,12 @@ class RolloutPool:
 
 
 def feedback_actor(cfg, model_path: str, placement: Placement):
-    """The feedback model's actor (role ``feedback``, pipeline=cai)."""
-    f = cfg.cai.feedback
+    """The feedback model's actor (role ``feedback``, pipeline=cai). It holds no state, so like the
+    reward actor it is restarted by Ray when its process dies and the call is retried."""
+    f, n = cfg.cai.feedback, cfg.cluster.max_restarts
     feedback_cfg = {**_common(cfg), "batch_size": f.batch_size, "max_prompt_tokens": cfg.data.max_length}
-    return (ray.remote(FeedbackWorker).options(name=f"feedback-{uuid.uuid4().hex[:6]}", **placement.options("feedback"))
+    return (ray.remote(FeedbackWorker).options(name=f"feedback-{uuid.uuid4().hex[:6]}", max_restarts=n,
+                                               max_task_retries=n, **placement.options("feedback"))
             .remote(model_path, feedback_cfg))
 
 

@@ -25,6 +25,10 @@ class FeedbackWorker:
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg["trust_remote_code"])
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
 
+    def ready(self) -> bool:
+        """True once the model is loaded."""
+        return True
+
     def option_logprobs(self, questions: list[str], options: list[str]) -> torch.Tensor:
         """``[len(questions), len(options)]``: log-prob of each option's tokens right after each
         question (questions are left-truncated to ``max_prompt_tokens`` tokens)."""

@@ -27,20 +27,21 @@ import os
 import random
 import time
 import uuid
+from pathlib import Path
 
 
 from orchestrator import constitution as con
 from orchestrator.algorithms.feedback import first_preferred_probability, position_agreement
 from orchestrator.batching import pack_samples
 from orchestrator.data import load_prompt_rows, render_prompt
-from orchestrator.errors import DataError
+from orchestrator.errors import ConfigError, DataError
 from orchestrator.pipelines.offline import encode_both, fit
 from orchestrator.placement import cai_roles
 from orchestrator.preference_data import encode_sft, prompt_text
 from orchestrator.roles import RolloutPool, TrainerGroup, feedback_actor
 from orchestrator.run import RunContext, load_train_and_held_out, resolve_data_path
 from orchestrator.runtime import wait
-from orchestrator.weight_sync import make_weight_sync
+from orchestrator.weight_sync import ObjectStoreSync
 
 log = logging.getLogger("tether")
 
@@ -50,6 +51,9 @@ def load_cai_data(cfg) -> tuple[list[dict], list[dict]]:
     rows = load_train_and_held_out(cfg, load_prompt_rows, "trainer.mini_batch_size", "prompt rows",
                                    prompt_key=cfg.data.prompt_key)
     con.load_constitution(resolve_data_path(cfg.cai.constitution))
+    path = cfg.cai.feedback.model_path
+    if path and not (Path(path) / "config.json").is_file():
+        raise ConfigError(f"cai.feedback.model_path={path!r}: not a model folder (no config.json)")
     return rows
 
 
@@ -131,6 +135,7 @@ def run(cfg) -> dict:
         feedback = feedback_actor(cfg, c.feedback.model_path or ctx.model_path, placement)
         rollouts.weights = policy.state_dict_ref
         rollouts.wait_ready()
+        wait(feedback.ready.remote(), "feedback (start-up)", t)
         stage_dir = ctx.output_dir / "cai"
         revisions = stage_dir / "revisions.jsonl"
         if cfg.resume and revisions.exists():  # stage 1's generations are reused on resume
@@ -146,7 +151,7 @@ def run(cfg) -> dict:
             raise DataError(f"only {len(ctx.train_rows)} prompts got a non-empty revision, fewer than "
                             f"trainer.mini_batch_size={cfg.trainer.mini_batch_size}; raise rollout.max_new_tokens or add prompts")
         train, held_out_rows = encode_both(ctx, encode_sft, max_prompt_tokens=cfg.data.max_prompt_tokens)
-        sync = make_weight_sync(cfg, policy, rollouts.actors)
+        sync = ObjectStoreSync(policy, rollouts.actors, t)  # one push per run: no NCCL group is worth setting up
 
         def ai_feedback() -> dict:
             with ctx.phase("weight_sync"):

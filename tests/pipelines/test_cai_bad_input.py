@@ -73,6 +73,7 @@ CONFIG_CASES = [
     (["cai.revision_rounds=0"], ["cai.revision_rounds=0", "must be > 0"]),
     (["cai.feedback_samples=1"], ["cai.feedback_samples=1", "must be >= 2"]),
     (["cai.feedback.batch_size=0"], ["cai.feedback.batch_size=0", "must be > 0"]),
+    (["cai.feedback.model_path=/nonexistent/judge"], ["cai.feedback.model_path='/nonexistent/judge'", "no config.json"]),
 ]
 
 

@@ -106,3 +106,16 @@ def test_non_finite_updates_are_skipped_then_the_run_stops(tmp_path):
     assert [r["train/nonfinite_skips"] > 0 for r in rows] == [False, False, True, True, True]
     folder, state = checkpoint.latest(out)
     assert state["step"] == 4 and checkpoint.problem(folder) is None
+
+
+def test_killed_feedback_actor_is_restarted_and_labels_the_pairs(tmp_path):
+    """pipeline=cai: the feedback model's process is killed during the SFT steps; Ray restarts it
+    and stage 2 still labels every pair."""
+    out = tmp_path / "run"
+    proc, log = _start(out, "pipeline=cai", "trainer.max_steps=150")
+    _wait_for(lambda: len(_rows(out)) >= 3, proc)
+    _kill_actor("FeedbackWorker", proc.pid)
+    assert proc.wait(timeout=400) == 0, log.read_text()[-3000:]
+    rows = _rows(out)
+    assert [r["step"] for r in rows] == list(range(1, 151))
+    assert rows[-1]["cai/pairs"] > 0 and (out / "cai" / "preferences.jsonl").exists()
