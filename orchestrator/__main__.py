@@ -34,10 +34,10 @@ log = logging.getLogger("tether")
 
 def run_pipeline(cfg: DictConfig):
     """Run the configured pipeline; returns its final metrics (what sweeps optimise)."""
-    from orchestrator.pipelines import PIPELINES, get_pipeline
+    from orchestrator.config import validate
+    from orchestrator.pipelines import get_pipeline
 
-    if cfg.pipeline not in PIPELINES:  # checked again, with the rest, by config.validate
-        raise TetherError(f"pipeline={cfg.pipeline!r} is not valid; choose one of: {', '.join(sorted(PIPELINES))}")
+    validate(cfg)  # before the pipeline's module (and its heavy imports) loads: a bad value fails in a second
     return get_pipeline(cfg.pipeline)(cfg)
 
 
@@ -85,9 +85,8 @@ def main(cfg: DictConfig) -> float | None:
         print(f"tether: error: {exc}", file=sys.stderr)
         sys.exit(2)
     finally:
-        import ray
-
-        if ray.is_initialized() and not _in_ray_worker():
+        ray = sys.modules.get("ray")  # not imported: nothing to shut down
+        if ray is not None and ray.is_initialized() and not _in_ray_worker():
             ray.shutdown()
 
 
