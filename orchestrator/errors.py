@@ -34,5 +34,9 @@ class WorkerDied(WorkerError):
     """An actor process died (names the role, and the rank for trainers)."""
 
 
+class CheckpointError(TetherError):
+    """A checkpoint file cannot be used (names the file and why)."""
+
+
 class NumericalError(TetherError):
     """Too many consecutive steps with a non-finite loss or gradient."""

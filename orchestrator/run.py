@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from orchestrator import checkpoint
 from orchestrator.config import validate
 from orchestrator.data import load_prompt_rows, render_prompt
-from orchestrator.errors import ConfigError, DataError, NumericalError, WorkerError
+from orchestrator.errors import CheckpointError, ConfigError, DataError, NumericalError, WorkerError
 from orchestrator.models import resolve_model_path
 from orchestrator.placement import Placement
 from orchestrator.preference_data import prompt_text
@@ -241,7 +241,7 @@ class RunContext:
             try:
                 for name, group in groups.items():
                     group.load_checkpoint(str(folder / name))
-            except WorkerError as exc:
+            except (WorkerError, CheckpointError) as exc:
                 if resume != "auto":
                     raise
                 log.warning("skipping checkpoint %s: trainer state did not load: %s", folder, exc)

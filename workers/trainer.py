@@ -18,6 +18,7 @@ import torch
 
 from workers.common import DTYPES, batched_logprobs, device_for, disable_dropout, setup_process, split_batch, to_device
 from workers.objectives import OBJECTIVES, values
+from workers.safe_torch_load import use_safe_loading
 
 
 def deepspeed_config(cfg: dict, per_rank_mini: int, lr: float) -> dict:
@@ -80,6 +81,7 @@ class TrainerRank:
         model = self._build_model(self.model_path)
         optim = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg["weight_decay"])
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optim, config=ds_config)
+        use_safe_loading(self.engine)  # checkpoint files are read with torch.load(weights_only=True)
         return rank
 
     def _build_model(self, path: str):

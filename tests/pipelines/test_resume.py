@@ -8,7 +8,7 @@ import json
 import pytest
 
 from orchestrator import checkpoint
-from tests.conftest import run_cli
+from tests.conftest import error_line, run_cli
 
 COMMON = ["logger.wandb=false", "logger.progress_bar=false", "trainer.keep_checkpoints=1"]
 KEYS = ["reward/mean", "kl", "loss/policy", "loss/value", "entropy", "epoch"]
@@ -112,3 +112,44 @@ def test_truncate_metrics(tmp_path):
     path.write_text("".join(json.dumps({"step": s}) + "\n" for s in [1, 2, 3, 4]))
     checkpoint.truncate_metrics(path, 2)
     assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [1, 2]
+
+
+class _RunsCode:
+    """Unpickling this runs a shell command (what a tampered checkpoint file could do)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.slow
+def test_checkpoint_file_that_would_run_code_is_refused(tmp_path):
+    """A checkpoint whose DeepSpeed file was replaced by a pickle that runs code (its manifest rewritten
+    to match, so the hash check passes): resume=DIR stops with one line naming the file, resume=auto
+    skips it for the previous checkpoint; the code never runs."""
+    import torch
+
+    out, marker = tmp_path / "run", tmp_path / "code-ran"
+    sft = ["pipeline=sft", "trainer.save_steps=1", *COMMON[:2]]
+    assert run_cli(*sft, "trainer.max_steps=2", "trainer.keep_checkpoints=2", f"output_dir={out}").returncode == 0
+    bad = checkpoint.root(out) / "step_000002"
+    target = bad / "policy" / "ds" / "mp_rank_00_model_states.pt"
+    state = torch.load(target, weights_only=False)
+    torch.save({**state, "client_state": _RunsCode(marker)}, target)
+    (bad / "COMPLETE").write_text(json.dumps({"groups": ["policy"], "files": checkpoint._manifest(bad)}))
+    assert checkpoint.problem(bad) is None
+
+    proc = run_cli(*sft, "trainer.max_steps=3", f"resume={bad}", f"output_dir={tmp_path / 'branch'}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line = error_line(proc)
+    assert str(target) in line and "posix.system" in line and "weights_only=True" in line, line
+    proc = run_cli(*sft, "trainer.max_steps=3", "resume=auto", f"output_dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "skipping checkpoint" in log and "posix.system" in log and "step_000001 (step 1)" in log
+    assert [r["step"] for r in _rows(out)] == [1, 2, 3]
+    assert not marker.exists()
