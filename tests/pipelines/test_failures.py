@@ -56,15 +56,18 @@ def _kill_actor(class_name: str, driver_pid: int) -> int:
     raise AssertionError(f"no {class_name} process found")
 
 
-def test_killed_rollout_actor_is_restarted_and_the_step_redone(tmp_path):
+def test_killed_rollout_and_reward_actors_are_restarted_and_the_run_completes(tmp_path):
     out = tmp_path / "run"
-    proc, log = _start(out, "algorithm=grpo", "trainer.max_steps=14")
+    proc, log = _start(out, "algorithm=grpo", "trainer.max_steps=20")
     _wait_for(lambda: len(_rows(out)) >= 3, proc)
     _kill_actor("RolloutWorker", proc.pid)
+    _wait_for(lambda: len(_rows(out)) >= 6, proc)  # the restarted engine has generated again
+    _kill_actor("RewardWorker", proc.pid)
     assert proc.wait(timeout=400) == 0, log.read_text()[-3000:]
     rows = _rows(out)
-    assert [r["step"] for r in rows] == list(range(1, 15))
-    assert "restarted by Ray" in log.read_text()
+    assert [r["step"] for r in rows] == list(range(1, 21))
+    text = log.read_text()
+    assert "rollout-0 was restarted by Ray" in text and "the reward actor was restarted by Ray" in text
     assert rows[-1]["reward/mean"] > rows[0]["reward/mean"]  # training went on with current weights
 
 
