@@ -112,6 +112,7 @@ class RunContext:
         self.placements: list[Placement] = []
         self._created_dir = not self.output_dir.exists()
         self.steps_logged = 0
+        self.resumed_step = 0  # the checkpoint's step when resumed
         self.nonfinite_steps = 0
         self.bar = None
         self._last_log = time.perf_counter()
@@ -188,7 +189,8 @@ class RunContext:
             name = trial_run_name(c.logger.run_name or f"{c.pipeline}{label}-{c.model.name}-{time.strftime('%Y%m%d-%H%M%S')}")
             self.tracker = Tracker(str(self.output_dir), OmegaConf.to_container(c, resolve=True), name,
                                    wandb=c.logger.wandb, wandb_project=c.logger.wandb_project,
-                                   wandb_group=trial_group(c.logger.wandb_group), tensorboard=c.logger.tensorboard)
+                                   wandb_group=trial_group(c.logger.wandb_group), tensorboard=c.logger.tensorboard,
+                                   resume_step=self.resumed_step)
             OmegaConf.save(c, self.output_dir / "config.yaml", resolve=True)
         now = time.perf_counter()
         row = {**metrics, **self.times, "time/step": now - self._last_log}
@@ -251,7 +253,7 @@ class RunContext:
                 kl_ctl.load_state_dict(state["kl_controller"])
             checkpoint.set_rng_state(state["rng"])
             checkpoint.truncate_metrics(self.output_dir / "metrics.jsonl", state["step"])
-            self.steps_logged = state["step"]
+            self.steps_logged = self.resumed_step = state["step"]
             log.info("resumed from %s (step %d)", folder, state["step"])
             return state["step"]
         log.info("resume=auto: no usable checkpoint in %s, starting fresh", self.output_dir)

@@ -68,8 +68,11 @@ class Tracker:
         wandb_project: str = "tether",
         wandb_group: str | None = None,
         tensorboard: bool = True,
+        resume_step: int = 0,
     ) -> None:
-        """Create ``output_dir`` and start the enabled back ends."""
+        """Create ``output_dir`` and start the enabled back ends. ``resume_step`` > 0: the run continues
+        from the checkpoint of that step, so TensorBoard hides the events logged after it by the
+        interrupted run (the steps about to be logged again)."""
         self.output_dir = os.path.abspath(output_dir)
         os.makedirs(self.output_dir, exist_ok=True)
         self.run_name = run_name
@@ -82,7 +85,7 @@ class Tracker:
             if wandb:
                 self._run = self._start_wandb(config, wandb_project, wandb_group)
             if tensorboard:
-                self._writer = self._start_tensorboard()
+                self._writer = self._start_tensorboard(resume_step)
         except BaseException:
             self.close()
             raise
@@ -110,8 +113,9 @@ class Tracker:
             settings=settings,
         )
 
-    def _start_tensorboard(self):
-        """Open a TensorBoard ``SummaryWriter`` under ``<output_dir>/tensorboard``."""
+    def _start_tensorboard(self, resume_step: int):
+        """Open a TensorBoard ``SummaryWriter`` under ``<output_dir>/tensorboard``; on a resume, events
+        at steps after ``resume_step`` are purged (TensorBoard's ``purge_step``)."""
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:
@@ -119,7 +123,8 @@ class Tracker:
                 f"logger.tensorboard=true but TensorBoard is unavailable ({exc}); "
                 "install tensorboard or set logger.tensorboard=false"
             ) from None
-        return SummaryWriter(log_dir=os.path.join(self.output_dir, TENSORBOARD_DIR))
+        return SummaryWriter(log_dir=os.path.join(self.output_dir, TENSORBOARD_DIR),
+                             purge_step=resume_step + 1 if resume_step > 0 else None)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         """Record ``metrics`` at ``step`` in every enabled back end."""

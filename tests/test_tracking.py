@@ -87,6 +87,24 @@ def test_tensorboard_scalars_readable(tmp_path):
     assert [e.value for e in events] == pytest.approx([1.0, 0.5, 1.0 / 3])
 
 
+def test_tensorboard_after_resume_shows_each_step_once(tmp_path):
+    """An interrupted run logged steps 1-5 after its checkpoint at step 3; the resumed run logs 4-6
+    again: TensorBoard shows steps 1-6 once each, 4-5 with the resumed run's values."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with Tracker(str(tmp_path), {}, "a", wandb=False) as tracker:
+        for step in range(1, 6):
+            tracker.log(step, {"loss": float(step)})
+    with Tracker(str(tmp_path), {}, "a", wandb=False, resume_step=3) as tracker:
+        for step in range(4, 7):
+            tracker.log(step, {"loss": 10.0 * step})
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    events = acc.Scalars("loss")
+    assert [e.step for e in events] == [1, 2, 3, 4, 5, 6]
+    assert [e.value for e in events] == [1.0, 2.0, 3.0, 40.0, 50.0, 60.0]
+
+
 def test_wandb_offline_run_dir(tmp_path):
     """Without a key, wandb writes an offline run under output_dir."""
     out = tmp_path / "run"
