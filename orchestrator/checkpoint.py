@@ -6,9 +6,8 @@ included) and ``state.json`` (step, data-loader position, KL controller, the res
 A checkpoint is written to ``.tmp_step_...`` and renamed into place only once complete; the
 ``COMPLETE`` file written last lists the groups and the size and SHA-256 of every file. A folder
 without it, with unreadable ``state.json``, a missing group, or a file whose size or hash differs
-(truncated, corrupted or replaced) is skipped with a warning and the previous one used. The hash
-check is also why DeepSpeed's pickled optimizer files are only ever loaded when they are the
-files this run wrote.
+(truncated, corrupted or replaced) is skipped with a warning and the previous one used. The ranks
+then read DeepSpeed's pickled files with ``torch.load(weights_only=True)`` (``workers/safe_torch_load.py``).
 """
 
 from __future__ import annotations
