@@ -8,7 +8,7 @@ import json
 import pytest
 
 from orchestrator import checkpoint
-from tests.conftest import error_line, run_cli
+from tests.conftest import RunsCode, error_line, run_cli
 
 COMMON = ["logger.wandb=false", "logger.progress_bar=false", "trainer.keep_checkpoints=1"]
 KEYS = ["reward/mean", "kl", "loss/policy", "loss/value", "entropy", "epoch"]
@@ -114,18 +114,6 @@ def test_truncate_metrics(tmp_path):
     assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [1, 2]
 
 
-class _RunsCode:
-    """Unpickling this runs a shell command (what a tampered checkpoint file could do)."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        import os
-
-        return (os.system, (f"touch {self.marker}",))
-
-
 @pytest.mark.slow
 def test_checkpoint_file_that_would_run_code_is_refused(tmp_path):
     """A checkpoint whose DeepSpeed file was replaced by a pickle that runs code (its manifest rewritten
@@ -139,7 +127,7 @@ def test_checkpoint_file_that_would_run_code_is_refused(tmp_path):
     bad = checkpoint.root(out) / "step_000002"
     target = bad / "policy" / "ds" / "mp_rank_00_model_states.pt"
     state = torch.load(target, weights_only=False)
-    torch.save({**state, "client_state": _RunsCode(marker)}, target)
+    torch.save({**state, "client_state": RunsCode(marker)}, target)
     (bad / "COMPLETE").write_text(json.dumps({"groups": ["policy"], "files": checkpoint._manifest(bad)}))
     assert checkpoint.problem(bad) is None
 

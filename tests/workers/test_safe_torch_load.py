@@ -3,23 +3,13 @@ comes back, a file that would run code is refused (and the code does not run).""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 
 from orchestrator.errors import CheckpointError
+from tests.conftest import RunsCode
 from workers.safe_torch_load import safe_load
-
-
-class _RunsCode:
-    """Unpickling this calls os.system (what a tampered checkpoint file can do)."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def test_deepspeed_state_round_trips(tmp_path):
@@ -43,7 +33,7 @@ def test_deepspeed_state_round_trips(tmp_path):
 def test_a_file_that_runs_code_is_refused(tmp_path):
     marker = tmp_path / "ran"
     path = tmp_path / "mp_rank_00_model_states.pt"
-    torch.save({"module": {"w": torch.ones(2)}, "extra": _RunsCode(marker)}, path)
+    torch.save({"module": {"w": torch.ones(2)}, "extra": RunsCode(marker)}, path)
     with pytest.raises(CheckpointError) as info:
         safe_load(str(path), map_location="cpu")
     message = str(info.value)
