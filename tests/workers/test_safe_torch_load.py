@@ -3,7 +3,6 @@ comes back, a file that would run code is refused (and the code does not run).""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
