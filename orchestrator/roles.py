@@ -6,6 +6,7 @@ over the ranks, calls them together and gathers the results.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import uuid
@@ -18,13 +19,16 @@ from orchestrator.batching import shard
 from orchestrator.errors import WorkerError
 from orchestrator.placement import Placement
 from orchestrator.runtime import wait, wait_timed
-from workers.feedback import FeedbackWorker
-from workers.reference import ReferenceWorker
-from workers.reward import RewardWorker
-from workers.rollout import RolloutWorker
-from workers.trainer import TrainerRank
 
 log = logging.getLogger("tether")
+WORKER_MODULES = {"TrainerRank": "workers.trainer", "RolloutWorker": "workers.rollout", "RewardWorker": "workers.reward",
+                  "ReferenceWorker": "workers.reference", "FeedbackWorker": "workers.feedback"}
+
+
+def remote_class(name: str):
+    """``ray.remote`` of the worker class ``name``, imported when the first actor is created: the
+    driver's input checks run before, without the workers' imports (transformers, vLLM, DeepSpeed)."""
+    return ray.remote(getattr(importlib.import_module(WORKER_MODULES[name]), name))
 
 
 def _common(cfg) -> dict:
@@ -43,7 +47,7 @@ class TrainerGroup:
         n = cfg.trainer.num_ranks
         tag = uuid.uuid4().hex[:6]
         self.ranks = [
-            ray.remote(TrainerRank).options(name=f"{role}-rank{rank}-{tag}", **placement.options(role, rank))
+            remote_class("TrainerRank").options(name=f"{role}-rank{rank}-{tag}", **placement.options(role, rank))
             .remote(role, model_path, rank_cfg, rank, n)
             for rank in range(n)
         ]
@@ -105,7 +109,7 @@ class TrainerGroup:
 def reference_actor(cfg, model_path: str, placement: Placement):
     """The frozen reference model's actor (role ``reference``)."""
     ref_cfg = {**_common(cfg), **OmegaConf.to_container(cfg.reference)}
-    return (ray.remote(ReferenceWorker).options(name=f"reference-{uuid.uuid4().hex[:6]}", **placement.options("reference"))
+    return (remote_class("ReferenceWorker").options(name=f"reference-{uuid.uuid4().hex[:6]}", **placement.options("reference"))
             .remote(model_path, ref_cfg))
 
 
@@ -124,7 +128,7 @@ class RolloutPool:
         restart = {"max_restarts": self.max_restarts, "max_task_retries": self.max_restarts}
         rollout_cfg = {**_common(cfg), **OmegaConf.to_container(cfg.rollout)}
         self.actors = [
-            ray.remote(RolloutWorker).options(name=f"rollout-{i}-{tag}", **restart, **placement.options("rollout", i))
+            remote_class("RolloutWorker").options(name=f"rollout-{i}-{tag}", **restart, **placement.options("rollout", i))
             .remote(model_path, rollout_cfg)
             for i in range(cfg.rollout.num_workers)
         ]
@@ -172,7 +176,7 @@ def feedback_actor(cfg, model_path: str, placement: Placement):
     reward actor it is restarted by Ray when its process dies and the call is retried."""
     f, n = cfg.cai.feedback, cfg.cluster.max_restarts
     feedback_cfg = {**_common(cfg), "batch_size": f.batch_size, "max_prompt_tokens": cfg.data.max_length}
-    return (ray.remote(FeedbackWorker).options(name=f"feedback-{uuid.uuid4().hex[:6]}", max_restarts=n,
+    return (remote_class("FeedbackWorker").options(name=f"feedback-{uuid.uuid4().hex[:6]}", max_restarts=n,
                                                max_task_retries=n, **placement.options("feedback"))
             .remote(model_path, feedback_cfg))
 
@@ -194,7 +198,7 @@ class RLHFRoles:
         self.rollout = self.rollouts.actors
         reward_cfg = {**_common(cfg), **OmegaConf.to_container(cfg.reward), "max_length": cfg.rollout.max_model_len}
         token_env = {cfg.reward.remote_token_env: os.environ.get(cfg.reward.remote_token_env, "")}
-        self.reward = (ray.remote(RewardWorker).options(name=f"reward-{tag}", **restart, **placement.options("reward"),
+        self.reward = (remote_class("RewardWorker").options(name=f"reward-{tag}", **restart, **placement.options("reward"),
                                                         runtime_env={"env_vars": token_env})
                        .remote(reward_cfg))
         self.reference = reference_actor(cfg, model_path, placement)
