@@ -69,10 +69,12 @@ class Tracker:
         wandb_group: str | None = None,
         tensorboard: bool = True,
         resume_step: int = 0,
+        wandb_id: str | None = None,
     ) -> None:
         """Create ``output_dir`` and start the enabled back ends. ``resume_step`` > 0: the run continues
         from the checkpoint of that step, so TensorBoard hides the events logged after it by the
-        interrupted run (the steps about to be logged again)."""
+        interrupted run (the steps about to be logged again). ``wandb_id``: continue that wandb run
+        (``resume="allow"``) instead of starting a new one; the id in use is ``self.wandb_id``."""
         self.output_dir = os.path.abspath(output_dir)
         os.makedirs(self.output_dir, exist_ok=True)
         self.run_name = run_name
@@ -81,17 +83,18 @@ class Tracker:
         self._run = None
         self._writer = None
         self._closed = False
+        self.wandb_id = None
         try:
             if wandb:
-                self._run = self._start_wandb(config, wandb_project, wandb_group)
+                self._run = self._start_wandb(config, wandb_project, wandb_group, wandb_id)
             if tensorboard:
                 self._writer = self._start_tensorboard(resume_step)
         except BaseException:
             self.close()
             raise
 
-    def _start_wandb(self, config: dict, project: str, group: str | None):
-        """Start a wandb run in online or offline mode without any interactive prompt."""
+    def _start_wandb(self, config: dict, project: str, group: str | None, run_id: str | None):
+        """Start (or, with ``run_id``, continue) a wandb run, online or offline, without any prompt."""
         os.environ.setdefault("WANDB_SILENT", "true")
         os.environ.setdefault("WANDB_CONSOLE", "off")
         try:
@@ -103,7 +106,7 @@ class Tracker:
             ) from None
         mode = wandb_mode()
         settings = wandb.Settings(silent=True, console="off")
-        return wandb.init(
+        run = wandb.init(
             project=project,
             name=self.run_name,
             group=group,
@@ -111,7 +114,11 @@ class Tracker:
             dir=self.output_dir,
             mode=mode,
             settings=settings,
+            id=run_id,
+            resume="allow" if run_id else None,
         )
+        self.wandb_id = run.id
+        return run
 
     def _start_tensorboard(self, resume_step: int):
         """Open a TensorBoard ``SummaryWriter`` under ``<output_dir>/tensorboard``; on a resume, events

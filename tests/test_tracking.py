@@ -121,3 +121,16 @@ def test_wandb_offline_run_dir(tmp_path):
     assert glob.glob(str(out / "wandb" / "offline-run-*"))
     assert glob.glob(os.path.join(run_dir, "*.wandb"))
     assert read_metrics(where["metrics"]) == [{"step": 0, "loss": 1.0}, {"step": 1, "loss": 0.5}]
+
+
+def test_wandb_run_continues_with_its_id(tmp_path):
+    """A tracker given the id of an earlier wandb run continues that run (offline: a second run folder
+    with the same id, which `wandb sync` uploads into one run)."""
+    with Tracker(str(tmp_path), {}, "a", tensorboard=False) as first:
+        first.log(1, {"loss": 1.0})
+    with Tracker(str(tmp_path), {}, "a", tensorboard=False, wandb_id=first.wandb_id) as second:
+        second.log(2, {"loss": 0.5})
+        where = second.wandb_run_dir()
+    assert first.wandb_id and second.wandb_id == first.wandb_id
+    runs = sorted(glob.glob(str(tmp_path / "wandb" / "offline-run-*")))
+    assert len(runs) == 2 and all(f"-{first.wandb_id}" in os.path.basename(r) for r in runs) and where in runs

@@ -44,15 +44,20 @@ def test_resume_matches_uninterrupted_run(tmp_path):
 @pytest.mark.slow
 def test_dpo_resume_matches_uninterrupted_run(tmp_path):
     """The offline loop (shared by dpo, rm and sft): same pairs in the same order and the same losses
-    after a resume, across the epoch boundary (64 pairs / 16 per step)."""
+    after a resume, across the epoch boundary (64 pairs / 16 per step); the wandb run is continued."""
     keys = ["loss", "rewards/margins", "logps/chosen", "logps/rejected", "epoch"]
     full, parted = tmp_path / "full", tmp_path / "parted"
     dpo = ["pipeline=dpo", "algorithm=dpo", *COMMON]
     assert run_cli(*dpo, "trainer.max_steps=6", f"output_dir={full}").returncode == 0
-    proc = run_cli(*dpo, "trainer.max_steps=3", "trainer.save_steps=3", f"output_dir={parted}")
+    with_wandb = [x for x in dpo if x != "logger.wandb=false"]  # offline (tests/conftest.py)
+    proc = run_cli(*with_wandb, "trainer.max_steps=3", "trainer.save_steps=3", f"output_dir={parted}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = run_cli(*dpo, "trainer.max_steps=6", "resume=auto", f"output_dir={parted}")
+    proc = run_cli(*with_wandb, "trainer.max_steps=6", "resume=auto", f"output_dir={parted}")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # the resumed part continues the same wandb run
+    wandb_id = checkpoint.latest(parted)[1]["wandb_id"]
+    runs = list((parted / "wandb").glob("offline-run-*"))
+    assert wandb_id and len(runs) == 2 and all(f"-{wandb_id}" in r.name for r in runs), runs
     a, b = _rows(full), _rows(parted)
     assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6] and [r["epoch"] for r in b] == [0, 0, 0, 0, 1, 1]
     for ra, rb in zip(a, b):
