@@ -38,7 +38,11 @@ def _common(cfg) -> dict:
 
 class TrainerGroup:
     """``num_ranks`` TrainerRank actors forming one DeepSpeed world, training ``role`` (the placement
-    role: policy, critic, reward_model) with ``objective`` (see ``workers/objectives.py``)."""
+    role: policy, critic, reward_model) with ``objective`` (see ``workers/objectives.py``).
+
+    Creating the group does not wait: the ranks load their model and join the world while the
+    driver starts the other roles. ``wait_ready`` (called by every method, once) waits for that.
+    """
 
     def __init__(self, role: str, model_path: str, cfg, placement: Placement, timeout_s: float, objective: str):
         self.role, self.timeout_s = role, timeout_s
@@ -51,12 +55,24 @@ class TrainerGroup:
             .remote(role, model_path, rank_cfg, rank, n)
             for rank in range(n)
         ]
-        addr, port = wait(self.ranks[0].rendezvous_address.remote(), f"{role} rank 0 start-up", timeout_s)
-        wait([r.setup.remote(addr, port) for r in self.ranks], self.names("set-up"), timeout_s)
+        address = self.ranks[0].rendezvous_address.remote()  # rank 0's (ip, port), passed on unresolved
+        self._setup = [r.setup.remote(address) for r in self.ranks]
+
+    def wait_ready(self) -> None:
+        """Wait until every rank has built its DeepSpeed engine (a no-op once it has)."""
+        if self._setup:
+            wait(self._setup, self.names("set-up"), self.timeout_s)
+            self._setup = []
 
     def submit(self, method: str, batch: dict, **kwargs) -> list:
         """Start ``method`` on every rank with its shard of ``batch``; returns the refs in rank order."""
+        self.wait_ready()
         return [getattr(r, method).remote(s, **kwargs) for r, s in zip(self.ranks, shard(batch, len(self.ranks)))]
+
+    def _all(self, method: str, *args) -> list:
+        """Start ``method(*args)`` on every rank; returns the refs in rank order."""
+        self.wait_ready()
+        return [getattr(r, method).remote(*args) for r in self.ranks]
 
     def names(self, what: str) -> list[str]:
         """One label per rank for errors, e.g. ``policy rank 1 (train)``."""
@@ -89,21 +105,21 @@ class TrainerGroup:
 
     def state_dict_ref(self):
         """Object ref of rank 0's full weights (all ranks take part in the gather)."""
-        refs = [r.state_dict_for_sync.remote() for r in self.ranks]
+        refs = self._all("state_dict_for_sync")
         wait(refs[1:], self.names("gather weights")[1:], self.timeout_s)
         return refs[0]
 
     def save_checkpoint(self, path: str) -> None:
         """DeepSpeed checkpoint of every rank under ``path``."""
-        wait([r.save_checkpoint.remote(path) for r in self.ranks], self.names("save checkpoint"), self.timeout_s)
+        wait(self._all("save_checkpoint", path), self.names("save checkpoint"), self.timeout_s)
 
     def load_checkpoint(self, path: str) -> None:
         """Restore every rank from ``path``."""
-        wait([r.load_checkpoint.remote(path) for r in self.ranks], self.names("load checkpoint"), self.timeout_s)
+        wait(self._all("load_checkpoint", path), self.names("load checkpoint"), self.timeout_s)
 
     def save_pretrained(self, path: str, tokenizer_path: str) -> None:
         """Write HF-format weights (rank 0) plus the tokenizer."""
-        wait([r.save_pretrained.remote(path, tokenizer_path) for r in self.ranks], self.names("save"), self.timeout_s)
+        wait(self._all("save_pretrained", path, tokenizer_path), self.names("save"), self.timeout_s)
 
 
 def reference_actor(cfg, model_path: str, placement: Placement):
@@ -206,6 +222,8 @@ class RLHFRoles:
         self.critic = (TrainerGroup("critic", model_path, cfg, placement, t, "value")
                        if cfg.algorithm.estimator == "gae" else None)
         self.rollouts.weights = self.policy.state_dict_ref
+        for group in self.trainer_groups().values():
+            group.wait_ready()
         self.rollouts.wait_ready()
         self.reward_incarnation = wait(self.reward.ready.remote(), "reward (start-up)", t)
 

@@ -113,6 +113,7 @@ class RunContext:
         self._created_dir = not self.output_dir.exists()
         self.steps_logged = 0
         self.resumed_step = 0  # the checkpoint's step when resumed
+        self.wandb_id = None  # the wandb run (kept in checkpoints: a resumed run continues it)
         self.nonfinite_steps = 0
         self.bar = None
         self._last_log = time.perf_counter()
@@ -190,7 +191,8 @@ class RunContext:
             self.tracker = Tracker(str(self.output_dir), OmegaConf.to_container(c, resolve=True), name,
                                    wandb=c.logger.wandb, wandb_project=c.logger.wandb_project,
                                    wandb_group=trial_group(c.logger.wandb_group), tensorboard=c.logger.tensorboard,
-                                   resume_step=self.resumed_step)
+                                   resume_step=self.resumed_step, wandb_id=self.wandb_id)
+            self.wandb_id = self.tracker.wandb_id
             OmegaConf.save(c, self.output_dir / "config.yaml", resolve=True)
         now = time.perf_counter()
         row = {**metrics, **self.times, "time/step": now - self._last_log}
@@ -254,6 +256,7 @@ class RunContext:
             checkpoint.set_rng_state(state["rng"])
             checkpoint.truncate_metrics(self.output_dir / "metrics.jsonl", state["step"])
             self.steps_logged = self.resumed_step = state["step"]
+            self.wandb_id = state.get("wandb_id")
             log.info("resumed from %s (step %d)", folder, state["step"])
             return state["step"]
         log.info("resume=auto: no usable checkpoint in %s, starting fresh", self.output_dir)
@@ -266,7 +269,7 @@ class RunContext:
         if every and step % every == 0:
             with self.phase("checkpoint"):
                 state = {"loader": loader.state_dict(), "kl_controller": kl_ctl.state_dict() if kl_ctl else None,
-                         "rng": checkpoint.rng_state(),
+                         "rng": checkpoint.rng_state(), "wandb_id": self.wandb_id,
                          "config": OmegaConf.to_container(self.cfg, resolve=True)}
                 checkpoint.save(self.output_dir, step, state, groups, self.cfg.trainer.keep_checkpoints)
 

@@ -61,9 +61,10 @@ class TrainerRank:
 
         return ray.util.get_node_ip_address(), free_port()
 
-    def setup(self, master_addr: str, master_port: int) -> int:
-        """Join the process group and build the DeepSpeed engine (all ranks call this together)."""
-        cfg, rank = self.cfg, self.rank
+    def setup(self, address: tuple[str, int]) -> int:
+        """Join the process group at rank 0's ``(ip, port)`` and build the DeepSpeed engine (all ranks
+        call this together)."""
+        (master_addr, master_port), cfg, rank = address, self.cfg, self.rank
         local_rank = str(torch.cuda.current_device()) if cfg["device"] == "cuda" else "0"
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
                           WORLD_SIZE=str(self.world_size), LOCAL_RANK=local_rank)
