@@ -127,9 +127,25 @@ REWARD_CASES = [
 ]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("body,expected", REWARD_CASES, ids=[c[1] for c in REWARD_CASES])
-def test_bad_reward_function_results(tmp_path, body, expected):
+def test_bad_reward_function_results_are_one_line_errors(tmp_path, body, expected):
+    """Every kind of bad result, checked where the reward actor checks it."""
+    from orchestrator.errors import RewardError
+    from orchestrator.rewards.loader import call_reward_function, load_reward_function
+
+    fn = tmp_path / "reward_fn.py"
+    fn.write_text(body)
+    spec = f"{fn}:score"
+    with pytest.raises(RewardError) as info:
+        call_reward_function(load_reward_function(spec), spec, ["p1", "p2"], ["r1", "r2"])
+    assert expected in str(info.value) and spec in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("body,expected", REWARD_CASES[:2], ids=[c[1] for c in REWARD_CASES[:2]])
+def test_bad_reward_function_results_end_the_run(tmp_path, body, expected):
+    """Through the CLI (the same path serves every kind above): the reward actor's error ends the
+    run on its first step with one line and exit status 2, leaving no output folder."""
     fn = tmp_path / "reward_fn.py"
     fn.write_text(body)
     out = tmp_path / "out"
