@@ -21,11 +21,15 @@ $(STAMP): pyproject.toml
 demo: install
 	$(PY) -m orchestrator
 
+# Tests run in TEST_WORKERS processes (pytest-xdist): an end-to-end run leaves one core idle for
+# about half its time (driver start-up, Ray start, vLLM engine build are single-threaded).
+TEST_WORKERS ?= 2
+
 test: install chromium
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 test-fast: install chromium
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow"
 
 # Headless Chromium and chromedriver (Debian packages) for the test that opens the TensorBoard page;
 # installed with apt only when missing (as root, or through sudo).
