@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +55,26 @@ def error_line(proc: subprocess.CompletedProcess) -> str:
     lines = [line for line in proc.stderr.splitlines() if line.startswith("tether: error:")]
     assert len(lines) == 1, f"expected one error line, got rc={proc.returncode}\n{proc.stderr[-3000:]}"
     return lines[0]
+
+
+def interrupted_copy(run: Path, dest: Path, checkpoint_step: int, logged_steps: int, drop=("final",)) -> Path:
+    """The output folder a run killed after logging step ``logged_steps`` leaves behind, made from the
+    finished ``run``: its checkpoints up to ``checkpoint_step``, its first ``logged_steps`` metrics rows,
+    and none of what a run writes only at its end (``drop``: ``final/`` and the like)."""
+    from orchestrator import checkpoint
+
+    shutil.copytree(run, dest, ignore=shutil.ignore_patterns(*drop))
+    kept = []
+    for folder in checkpoint.root(dest).glob("step_*"):
+        if int(folder.name.split("_")[1]) > checkpoint_step:
+            shutil.rmtree(folder)
+        else:
+            kept.append(folder.name)
+    assert f"step_{checkpoint_step:06d}" in kept, f"{run} has no checkpoint at step {checkpoint_step}"
+    rows = (dest / "metrics.jsonl").read_text().splitlines()[:logged_steps]
+    assert [json.loads(r)["step"] for r in rows] == list(range(1, logged_steps + 1))
+    (dest / "metrics.jsonl").write_text("".join(r + "\n" for r in rows))
+    return dest
 
 
 class RunsCode:

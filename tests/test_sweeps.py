@@ -15,7 +15,9 @@ from conftest import compose_config, error_line, run_cli
 from orchestrator import sweep
 from orchestrator.errors import ConfigError
 
-QUICK = ("trainer.max_steps=2", "logger.progress_bar=false")
+# GRPO (no critic) with transformers rollouts: the sweep machinery is under test here, and this run
+# starts three actors, not five (vLLM and the PPO critic are tested by the pipeline tests)
+QUICK = ("trainer.max_steps=2", "logger.progress_bar=false", "algorithm=grpo", "rollout=hf")
 
 
 def _last_row(folder: Path) -> dict:

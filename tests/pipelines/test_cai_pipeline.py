@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from orchestrator.constitution import load_constitution
 from orchestrator.preference_data import load_pair_rows
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, interrupted_copy, run_cli
 from workers.feedback import FeedbackWorker
 
 QUIET = ["logger.wandb=false", "logger.progress_bar=false"]
@@ -63,22 +63,24 @@ def test_cai_revises_fine_tunes_and_labels_pairs(tmp_path):
 
 @pytest.mark.slow
 def test_cai_resume_reuses_revisions_and_matches_uninterrupted_run(tmp_path):
-    """Stopped after step 2 and resumed: the stage-1 revisions are reused as they were, and SFT steps
-    3-4 (across the epoch boundary: 32 rows, 16 per step) see the same rows, with the same losses."""
-    common = ["pipeline=cai", "trainer.save_steps=2", *QUIET]
+    """Killed after SFT step 3 and resumed from the step-2 checkpoint: the stage-1 revisions are reused
+    as they were, SFT steps 3-4 (across the epoch boundary: 32 rows, 16 per step) see the same rows with
+    the same losses, and stage 2 labels the same pairs."""
+    common = ["pipeline=cai", "trainer.save_steps=2", "trainer.keep_checkpoints=2", *QUIET]
     full, parted = tmp_path / "full", tmp_path / "parted"
     assert run_cli(*common, "trainer.max_steps=4", f"output_dir={full}").returncode == 0
-    proc = run_cli(*common, "trainer.max_steps=2", f"output_dir={parted}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    before = (parted / "cai" / "revisions.jsonl").read_bytes()
+    interrupted_copy(full, parted, checkpoint_step=2, logged_steps=3, drop=("final", "preferences.jsonl"))
+    before = (parted / "cai" / "revisions.jsonl").stat()
     proc = run_cli(*common, "trainer.max_steps=4", "resume=auto", f"output_dir={parted}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (parted / "cai" / "revisions.jsonl").read_bytes() == before == (full / "cai" / "revisions.jsonl").read_bytes()
+    after = (parted / "cai" / "revisions.jsonl").stat()
+    assert (after.st_mtime_ns, after.st_ino) == (before.st_mtime_ns, before.st_ino)  # read, not written again
     a, b = _jsonl(full / "metrics.jsonl"), _jsonl(parted / "metrics.jsonl")
     assert [r["step"] for r in b] == [1, 2, 3, 4] and [r["epoch"] for r in b] == [0, 0, 1, 1]
     for ra, rb in zip(a, b):
         assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-4, abs=1e-6), ra["step"]
-    assert b[-1]["cai/pairs"] == a[-1]["cai/pairs"]
+    assert b[-1]["cai/pairs"] == a[-1]["cai/pairs"] > 0
+    assert _jsonl(parted / "cai" / "preferences.jsonl") == _jsonl(full / "cai" / "preferences.jsonl")
 
 
 def test_feedback_worker_option_logprobs_match_a_direct_forward(tiny_model_path):

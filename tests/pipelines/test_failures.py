@@ -73,7 +73,7 @@ def test_killed_rollout_and_reward_actors_are_restarted_and_the_run_completes(tm
 
 def test_killed_trainer_rank_ends_the_run_cleanly(tmp_path):
     out = tmp_path / "run"
-    proc, log = _start(out, "algorithm=grpo", "trainer.num_ranks=2", "trainer.max_steps=200",
+    proc, log = _start(out, "algorithm=grpo", "rollout=hf", "trainer.num_ranks=2", "trainer.max_steps=200",
                        "trainer.save_steps=2", "cluster.call_timeout_s=120")
     _wait_for(lambda: checkpoint.latest(out) is not None and len(_rows(out)) >= 3, proc)
     _kill_actor("TrainerRank", proc.pid)
@@ -115,10 +115,10 @@ def test_killed_feedback_actor_is_restarted_and_labels_the_pairs(tmp_path):
     """pipeline=cai: the feedback model's process is killed during the SFT steps; Ray restarts it
     and stage 2 still labels every pair."""
     out = tmp_path / "run"
-    proc, log = _start(out, "pipeline=cai", "trainer.max_steps=150")
+    proc, log = _start(out, "pipeline=cai", "trainer.max_steps=60")
     _wait_for(lambda: len(_rows(out)) >= 3, proc)
     _kill_actor("FeedbackWorker", proc.pid)
     assert proc.wait(timeout=400) == 0, log.read_text()[-3000:]
     rows = _rows(out)
-    assert [r["step"] for r in rows] == list(range(1, 151))
+    assert [r["step"] for r in rows] == list(range(1, 61))
     assert rows[-1]["cai/pairs"] > 0 and (out / "cai" / "preferences.jsonl").exists()

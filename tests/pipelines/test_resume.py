@@ -1,5 +1,9 @@
-"""Checkpoint + resume=auto: a run stopped after step k and resumed matches an uninterrupted run
-(same data order, same rewards and losses), across an epoch boundary, with no duplicate rows."""
+"""Checkpoint + resume=auto: a run killed after step k and resumed matches an uninterrupted run
+(same data order, same rewards and losses), across an epoch boundary, with no duplicate rows.
+
+The killed run's folder is made from the uninterrupted run (``interrupted_copy``): its checkpoints up
+to step k-1 and its metrics rows up to step k, without ``final/``. That is what a run killed after
+logging step k leaves, and it spares a third run."""
 
 from __future__ import annotations
 
@@ -8,9 +12,10 @@ import json
 import pytest
 
 from orchestrator import checkpoint
-from tests.conftest import RunsCode, error_line, run_cli
+from tests.conftest import RunsCode, error_line, interrupted_copy, run_cli
 
 COMMON = ["logger.wandb=false", "logger.progress_bar=false", "trainer.keep_checkpoints=1"]
+SAVE_TWO = [*COMMON[:2], "trainer.keep_checkpoints=2"]
 KEYS = ["reward/mean", "kl", "loss/policy", "loss/value", "entropy", "epoch"]
 
 
@@ -20,18 +25,16 @@ def _rows(out):
 
 @pytest.mark.slow
 def test_resume_matches_uninterrupted_run(tmp_path):
-    # 64 prompts / 16 per step = 4 steps per epoch: steps 5-6 are in epoch 1
+    """A run killed after logging step 4 (its newest checkpoint: step 3) and resumed with resume=auto
+    logs steps 4-6 again, once each, with the rewards and losses of the uninterrupted run; steps 5-6
+    are in epoch 1 (64 prompts / 16 per step = 4 steps per epoch)."""
     full, parted = tmp_path / "full", tmp_path / "parted"
-    proc = run_cli("trainer.max_steps=6", f"output_dir={full}", *COMMON)
+    proc = run_cli("trainer.max_steps=6", "trainer.save_steps=3", f"output_dir={full}", *SAVE_TWO)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = run_cli("trainer.max_steps=3", "trainer.save_steps=3", f"output_dir={parted}", *COMMON)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (parted / "checkpoints" / "step_000003" / "COMPLETE").is_file()
-    # a row past the checkpoint (as if the run died after logging step 4) must not survive
-    with open(parted / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({"step": 4, "reward/mean": -1.0}) + "\n")
+    interrupted_copy(full, parted, checkpoint_step=3, logged_steps=4)
     proc = run_cli("trainer.max_steps=6", "resume=auto", f"output_dir={parted}", *COMMON)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "step_000003 (step 3)" in proc.stdout + proc.stderr and (parted / "final" / "model.safetensors").is_file()
 
     a, b = _rows(full), _rows(parted)
     assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
@@ -42,19 +45,40 @@ def test_resume_matches_uninterrupted_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_dpo_resume_matches_uninterrupted_run(tmp_path):
-    """The offline loop (shared by dpo, rm and sft): same pairs in the same order and the same losses
-    after a resume, across the epoch boundary (64 pairs / 16 per step); the wandb run is continued."""
+def test_dpo_resume_skips_a_rigged_checkpoint_and_matches_uninterrupted_run(tmp_path):
+    """The offline loop (shared by dpo, rm and sft). The newest checkpoint (step 6) of a finished run
+    has its DeepSpeed file replaced by a pickle that runs code, its manifest rewritten so the hash
+    check passes. resume=DIR on it stops with one line naming the file; resume=auto skips it for
+    step 3 and steps 4-6 then see the same pairs in the same order with the same losses, across the
+    epoch boundary (64 pairs / 16 per step); the resumed part continues the run's wandb run; the code
+    never runs."""
+    import torch
+
     keys = ["loss", "rewards/margins", "logps/chosen", "logps/rejected", "epoch"]
-    full, parted = tmp_path / "full", tmp_path / "parted"
-    dpo = ["pipeline=dpo", "algorithm=dpo", *COMMON]
-    assert run_cli(*dpo, "trainer.max_steps=6", f"output_dir={full}").returncode == 0
-    with_wandb = [x for x in dpo if x != "logger.wandb=false"]  # offline (tests/conftest.py)
-    proc = run_cli(*with_wandb, "trainer.max_steps=3", "trainer.save_steps=3", f"output_dir={parted}")
+    full, parted, marker = tmp_path / "full", tmp_path / "parted", tmp_path / "code-ran"
+    dpo = ["pipeline=dpo", "algorithm=dpo", "logger.progress_bar=false", "trainer.max_steps=6",
+           "trainer.save_steps=3", "trainer.keep_checkpoints=2"]  # wandb offline (tests/conftest.py)
+    proc = run_cli(*dpo, f"output_dir={full}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = run_cli(*with_wandb, "trainer.max_steps=6", "resume=auto", f"output_dir={parted}")
+    interrupted_copy(full, parted, checkpoint_step=6, logged_steps=6)
+    rigged = checkpoint.root(parted) / "step_000006"
+    [target] = rigged.glob("*/ds/mp_rank_00_model_states.pt")
+    state = torch.load(target, weights_only=False)
+    torch.save({**state, "client_state": RunsCode(marker)}, target)
+    (rigged / "COMPLETE").write_text(json.dumps({"groups": ["policy"], "files": checkpoint._manifest(rigged)}))
+    assert checkpoint.problem(rigged) is None
+
+    proc = run_cli(*dpo, f"resume={rigged}", f"output_dir={tmp_path / 'branch'}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line = error_line(proc)
+    assert str(target) in line and "posix.system" in line and "weights_only=True" in line, line
+    proc = run_cli(*dpo, "resume=auto", f"output_dir={parted}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # the resumed part continues the same wandb run
+    log = proc.stdout + proc.stderr
+    assert "skipping checkpoint" in log and "posix.system" in log and "step_000003 (step 3)" in log
+    assert not marker.exists()
+
+    # the resumed part continues the run's wandb run: a second offline folder with the same id
     wandb_id = checkpoint.latest(parted)[1]["wandb_id"]
     runs = list((parted / "wandb").glob("offline-run-*"))
     assert wandb_id and len(runs) == 2 and all(f"-{wandb_id}" in r.name for r in runs), runs
@@ -117,32 +141,3 @@ def test_truncate_metrics(tmp_path):
     path.write_text("".join(json.dumps({"step": s}) + "\n" for s in [1, 2, 3, 4]))
     checkpoint.truncate_metrics(path, 2)
     assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [1, 2]
-
-
-@pytest.mark.slow
-def test_checkpoint_file_that_would_run_code_is_refused(tmp_path):
-    """A checkpoint whose DeepSpeed file was replaced by a pickle that runs code (its manifest rewritten
-    to match, so the hash check passes): resume=DIR stops with one line naming the file, resume=auto
-    skips it for the previous checkpoint; the code never runs."""
-    import torch
-
-    out, marker = tmp_path / "run", tmp_path / "code-ran"
-    sft = ["pipeline=sft", "trainer.save_steps=1", *COMMON[:2]]
-    assert run_cli(*sft, "trainer.max_steps=2", "trainer.keep_checkpoints=2", f"output_dir={out}").returncode == 0
-    bad = checkpoint.root(out) / "step_000002"
-    target = bad / "policy" / "ds" / "mp_rank_00_model_states.pt"
-    state = torch.load(target, weights_only=False)
-    torch.save({**state, "client_state": RunsCode(marker)}, target)
-    (bad / "COMPLETE").write_text(json.dumps({"groups": ["policy"], "files": checkpoint._manifest(bad)}))
-    assert checkpoint.problem(bad) is None
-
-    proc = run_cli(*sft, "trainer.max_steps=3", f"resume={bad}", f"output_dir={tmp_path / 'branch'}")
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    line = error_line(proc)
-    assert str(target) in line and "posix.system" in line and "weights_only=True" in line, line
-    proc = run_cli(*sft, "trainer.max_steps=3", "resume=auto", f"output_dir={out}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    log = proc.stdout + proc.stderr
-    assert "skipping checkpoint" in log and "posix.system" in log and "step_000001 (step 1)" in log
-    assert [r["step"] for r in _rows(out)] == [1, 2, 3]
-    assert not marker.exists()
