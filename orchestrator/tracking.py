@@ -83,10 +83,10 @@ class Tracker:
         self._run = None
         self._writer = None
         self._closed = False
-        self.wandb_id = None
         try:
             if wandb:
                 self._run = self._start_wandb(config, wandb_project, wandb_group, wandb_id)
+            self.wandb_id = self._run.id if self._run is not None else None
             if tensorboard:
                 self._writer = self._start_tensorboard(resume_step)
         except BaseException:
@@ -106,7 +106,7 @@ class Tracker:
             ) from None
         mode = wandb_mode()
         settings = wandb.Settings(silent=True, console="off")
-        run = wandb.init(
+        return wandb.init(
             project=project,
             name=self.run_name,
             group=group,
@@ -117,8 +117,6 @@ class Tracker:
             id=run_id,
             resume="allow" if run_id else None,
         )
-        self.wandb_id = run.id
-        return run
 
     def _start_tensorboard(self, resume_step: int):
         """Open a TensorBoard ``SummaryWriter`` under ``<output_dir>/tensorboard``; on a resume, events

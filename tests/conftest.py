@@ -64,16 +64,13 @@ def interrupted_copy(run: Path, dest: Path, checkpoint_step: int, logged_steps: 
     from orchestrator import checkpoint
 
     shutil.copytree(run, dest, ignore=shutil.ignore_patterns(*drop))
-    kept = []
     for folder in checkpoint.root(dest).glob("step_*"):
         if int(folder.name.split("_")[1]) > checkpoint_step:
             shutil.rmtree(folder)
-        else:
-            kept.append(folder.name)
-    assert f"step_{checkpoint_step:06d}" in kept, f"{run} has no checkpoint at step {checkpoint_step}"
-    rows = (dest / "metrics.jsonl").read_text().splitlines()[:logged_steps]
-    assert [json.loads(r)["step"] for r in rows] == list(range(1, logged_steps + 1))
-    (dest / "metrics.jsonl").write_text("".join(r + "\n" for r in rows))
+    assert (checkpoint.root(dest) / f"step_{checkpoint_step:06d}").is_dir(), f"{run}: no checkpoint at step {checkpoint_step}"
+    checkpoint.truncate_metrics(dest / "metrics.jsonl", logged_steps)
+    steps = [json.loads(r)["step"] for r in (dest / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, logged_steps + 1)), steps
     return dest
 
 
