@@ -23,7 +23,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from orchestrator import sweep  # noqa: E402
+from orchestrator import quiet, sweep  # noqa: E402
 from orchestrator.config import register_configs  # noqa: E402
 from orchestrator.errors import NumericalError, TetherError  # noqa: E402
 
@@ -34,7 +34,7 @@ log = logging.getLogger("tether")
 
 def run_pipeline(cfg: DictConfig):
     """Run the configured pipeline; returns its final metrics (what sweeps optimise)."""
-    from orchestrator.config import validate
+    from orchestrator.validation import validate
     from orchestrator.pipelines import get_pipeline
 
     validate(cfg)  # before the pipeline's module (and its heavy imports) loads: a bad value fails in a second
@@ -76,6 +76,7 @@ def main(cfg: DictConfig) -> float | None:
     """Console-script entry; returns the final ``sweep.metric`` value (None in a single run that
     reported none of the automatic choices)."""
     logging.getLogger("tether").setLevel(logging.INFO)
+    quiet.setup_driver(bool(cfg.logger.verbose))
     trial = sweep.current_trial()
     try:
         if trial is not None:

@@ -1,31 +1,36 @@
 """Structured config schema (Hydra ConfigStore). YAML in ``conf/`` only chooses and overrides.
 
-Every field is type-checked by OmegaConf when Hydra composes the config; ``validate`` checks the
-values whose valid set is only known at run time (registries) and raises a one-line
-:class:`ConfigError` naming the field and the valid choices.
+Every field is type-checked by OmegaConf when Hydra composes the config; a field made with
+``bounded`` carries its allowed range. ``orchestrator.validation.validate`` checks ranges, choices
+and each pipeline's own rules before anything starts, with one line naming the field.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
-from orchestrator.errors import ConfigError
+
+
+def bounded(default, *, gt=None, ge=None, lt=None, le=None):
+    """A field whose value must lie in a range (checked by ``orchestrator.validation`` before anything
+    starts, with one line naming the field and the range); None (null) is always allowed."""
+    limits = {k: v for k, v in (("gt", gt), ("ge", ge), ("lt", lt), ("le", le)) if v is not None}
+    return field(default=default, metadata={"range": limits})
 
 
 @dataclass
 class TinyModelConfig:
     """Shape of the tiny random Llama built when ``model.path`` is null (no download)."""
 
-    vocab_size: int = 512  # BPE vocabulary trained on the shipped prompts
-    hidden_size: int = 128
-    intermediate_size: int = 256
-    num_layers: int = 2
-    num_heads: int = 2  # head_dim = hidden_size / num_heads (64 here; vLLM CPU needs >= 32)
-    max_positions: int = 512
+    vocab_size: int = bounded(512, ge=16)  # BPE vocabulary trained on the shipped prompts
+    hidden_size: int = bounded(128, ge=1)
+    intermediate_size: int = bounded(256, ge=1)
+    num_layers: int = bounded(2, ge=1)
+    num_heads: int = bounded(2, ge=1)  # head_dim = hidden_size / num_heads (64 here; vLLM CPU needs >= 32)
+    max_positions: int = bounded(512, ge=16)
     seed: int = 0  # weight-init seed of the tiny model
 
 
@@ -56,9 +61,10 @@ class DataConfig:
     response_key: str = "response"  # sft: target response of a prompt/response row
     messages_key: str = "messages"  # sft: chat rows whose last (assistant) message is the target
     split: str = "train"  # split for HF dataset names
-    max_prompt_tokens: int = 128  # longer prompts are truncated from the left
-    max_length: int = 512  # dpo / rm / sft: prompt + response tokens per sequence
+    max_prompt_tokens: int = bounded(128, ge=1)  # longer prompts are truncated from the left
+    max_length: int = bounded(512, ge=2)  # dpo / rm / sft: prompt + response tokens per sequence
     overlong: str = "truncate"  # dpo / rm / sft rows over max_length: truncate (the response) | drop
+    max_row_bytes: int = bounded(1 << 20, ge=1)  # a larger row (JSONL line, JSON list item, table row) is an error naming file:line
 
 
 @dataclass
@@ -66,16 +72,17 @@ class RolloutConfig:
     """Rollout generation: vLLM engines or transformers ``generate``."""
 
     backend: str = "vllm"  # vllm | hf
-    num_workers: int = 1  # rollout actors; a step's prompts are split between them
-    num_cpus: float = 0.5  # CPUs per rollout actor
-    num_gpus: float = 0.0  # GPUs per rollout actor
-    max_new_tokens: int = 16  # response length bound
-    temperature: float = 1.0  # sampling temperature (> 0); training log-probs use the same temperature
-    top_p: float = 1.0
-    max_model_len: int = 512  # vLLM context length
-    gpu_memory_utilization: float = 0.5  # vLLM, GPU only
-    kv_cache_gib: float = 1.0  # vLLM, CPU only (VLLM_CPU_KVCACHE_SPACE)
-    tensor_parallel_size: int = 1  # vLLM, GPU only
+    num_workers: int = bounded(1, ge=1)  # rollout actors; a step's prompts are split between them
+    num_cpus: float = bounded(0.5, ge=0)  # CPUs per rollout actor
+    num_gpus: float = bounded(0.0, ge=0)  # GPUs per rollout actor
+    max_new_tokens: int = bounded(16, ge=1)  # response length bound
+    temperature: float = bounded(1.0, ge=0.01)  # sampling temperature; training log-probs use the same temperature
+    # (logits / T), so below 0.01 they overflow: for greedy answers use an eval, not training
+    top_p: float = bounded(1.0, gt=0, le=1)  # nucleus sampling mass
+    max_model_len: int = bounded(512, ge=16)  # vLLM context length
+    gpu_memory_utilization: float = bounded(0.5, gt=0, le=1)  # vLLM, GPU only
+    kv_cache_gib: float = bounded(1.0, gt=0)  # vLLM, CPU only (VLLM_CPU_KVCACHE_SPACE)
+    tensor_parallel_size: int = bounded(1, ge=1)  # vLLM, GPU only
     enforce_eager: bool = True  # vLLM: skip graph capture / compilation (fast start)
 
 
@@ -90,19 +97,20 @@ class RewardConfig:
     remote_url: Optional[str] = None  # http(s)://HOST:PORT/score of a reward server, or null
     remote_weight: float = 1.0
     remote_token_env: str = "TETHER_REWARD_TOKEN"  # variable holding the server's bearer token (required)
-    remote_timeout_s: float = 60.0
-    num_cpus: float = 0.25
-    num_gpus: float = 0.0
-    batch_size: int = 32  # reward-model forward batch
+    remote_timeout_s: float = bounded(60.0, gt=0)
+    import_timeout_s: float = bounded(60.0, gt=0)  # longest wait for reward.function's file to import
+    num_cpus: float = bounded(0.25, ge=0)
+    num_gpus: float = bounded(0.0, ge=0)
+    batch_size: int = bounded(32, ge=1)  # reward-model forward batch
 
 
 @dataclass
 class ReferenceConfig:
     """Frozen copy of the initial policy, giving per-token log-probs for the KL term."""
 
-    num_cpus: float = 0.25
-    num_gpus: float = 0.0
-    batch_size: int = 16  # forward micro-batch
+    num_cpus: float = bounded(0.25, ge=0)
+    num_gpus: float = bounded(0.0, ge=0)
+    batch_size: int = bounded(16, ge=1)  # forward micro-batch
 
 
 @dataclass
@@ -110,9 +118,9 @@ class FeedbackConfig:
     """pipeline=cai, stage 2: the frozen model that says which of two responses follows a principle."""
 
     model_path: Optional[str] = None  # local HF causal-LM folder; null: the run's initial model (``model``)
-    num_cpus: float = 0.25
-    num_gpus: float = 0.0
-    batch_size: int = 16  # forward micro-batch (questions x options)
+    num_cpus: float = bounded(0.25, ge=0)
+    num_gpus: float = bounded(0.0, ge=0)
+    batch_size: int = bounded(16, ge=1)  # forward micro-batch (questions x options)
 
 
 @dataclass
@@ -121,37 +129,52 @@ class CAIConfig:
 
     constitution: str = "orchestrator/assets/constitutions/harmless.yaml"  # principles file (YAML / JSON,
     # format in orchestrator/constitution.py)
-    revision_rounds: int = 1  # critique -> revision rounds per prompt, each with a principle drawn at random
-    feedback_samples: int = 2  # stage 2: responses sampled per prompt; every two of them form a pair
+    revision_rounds: int = bounded(1, ge=1)  # critique -> revision rounds per prompt, each with a principle drawn at random
+    feedback_samples: int = bounded(2, ge=2)  # stage 2: responses sampled per prompt; every two of them form a pair
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
 
 
 @dataclass
-class AlgorithmConfig:
-    """RL algorithm: advantage estimator, losses and KL handling (see orchestrator/algorithms)."""
+class RLAlgorithmConfig:
+    """RL algorithm of pipeline=rlhf: advantage estimator, losses and KL handling (see
+    orchestrator/algorithms). Presets: conf/algorithm/{ppo,grpo,rloo,reinforce_pp}.yaml.
 
-    name: str = "ppo"  # label for logs
+    KL to the reference, per token, from ``r = pi_ref / pi`` on the policy's own samples:
+    ``k1 = -log r`` (unbiased value of KL(pi||ref); as a loss its expected gradient is zero, so
+    ``kl_mode=loss`` refuses it), ``k2 = (log r)^2 / 2`` (as a loss: the gradient of KL(pi||ref)),
+    ``k3 = r - 1 - log r`` (as a loss: the gradient of KL(ref||pi), as GRPO uses it). In
+    ``kl_mode=reward`` any of them is a per-token reward penalty.
+    """
+
+    name: str = "ppo"  # label for logs (the preset's name)
     estimator: str = "gae"  # gae | grpo | rloo | reinforce_pp (gae trains a critic)
     policy_loss: str = "ppo"  # clipped surrogate
-    n_samples: int = 1  # responses per prompt (group size for grpo / rloo, >= 2 there)
-    clip_eps: float = 0.2  # policy ratio clip
-    value_clip_eps: float = 0.2  # critic value clip
-    entropy_coef: float = 0.0  # entropy bonus weight
-    gamma: float = 1.0
-    lam: float = 0.95  # GAE lambda
+    n_samples: int = bounded(1, ge=1)  # responses per prompt (group size for grpo / rloo, >= 2 there)
+    clip_eps: float = bounded(0.2, gt=0)  # policy ratio clip
+    value_clip_eps: float = bounded(0.2, gt=0)  # critic value clip
+    entropy_coef: float = bounded(0.0, ge=0)  # entropy bonus weight
+    gamma: float = bounded(1.0, ge=0, le=1)  # discount
+    lam: float = bounded(0.95, ge=0, le=1)  # GAE lambda
     whiten_advantages: bool = True  # normalise gae advantages over the batch
-    kl_estimator: str = "k1"  # k1 | k2 | k3
-    kl_mode: str = "reward"  # reward (per-token penalty) | loss (term in the policy loss)
-    kl_coef: float = 0.05  # initial KL coefficient
-    kl_target: Optional[float] = None  # adaptive controller target; null = fixed coefficient
-    kl_horizon: int = 10000  # adaptive controller horizon (samples)
-    ppo_epochs: int = 1  # passes over each rollout batch
-    # ---- pipeline=dpo (see orchestrator/algorithms/preference.py) ----
+    kl_estimator: str = "k1"  # k1 | k2 | k3 (see above)
+    kl_mode: str = "reward"  # reward (per-token penalty) | loss (term in the policy loss; k2 or k3)
+    kl_coef: float = bounded(0.001, ge=0)  # initial KL coefficient (0: no KL term)
+    kl_target: Optional[float] = bounded(None, gt=0)  # adaptive controller target; null = fixed coefficient
+    kl_horizon: int = bounded(10000, ge=1)  # adaptive controller horizon (samples)
+    ppo_epochs: int = bounded(1, ge=1)  # passes over each rollout batch
+
+
+@dataclass
+class PreferenceAlgorithmConfig:
+    """Preference loss of pipeline=dpo (see orchestrator/algorithms/preference.py). Presets:
+    conf/algorithm/{dpo,ipo,cdpo,simpo,orpo}.yaml."""
+
+    name: str = "dpo"  # label for logs (the preset's name)
     preference_loss: str = "sigmoid"  # sigmoid (DPO) | ipo | label_smoothing (cDPO) | simpo | orpo
-    beta: float = 0.1  # DPO temperature: implicit reward = beta * log(pi / pi_ref)
-    label_smoothing: float = 0.0  # label_smoothing loss: assumed fraction of flipped labels
-    simpo_gamma: float = 0.5  # simpo: target reward margin
-    orpo_lambda: float = 0.1  # orpo: weight of the odds-ratio term
+    beta: float = bounded(0.1, gt=0)  # DPO temperature: implicit reward = beta * log(pi / pi_ref)
+    label_smoothing: float = bounded(0.0, ge=0, lt=0.5)  # label_smoothing loss: assumed fraction of flipped labels
+    simpo_gamma: float = bounded(0.5, ge=0)  # simpo: target reward margin
+    orpo_lambda: float = bounded(0.1, ge=0)  # orpo: weight of the odds-ratio term
     reference_mode: str = "online"  # online: reference actor scores every batch | precompute: once, then freed
 
 
@@ -159,25 +182,26 @@ class AlgorithmConfig:
 class TrainerConfig:
     """Policy (and critic) training: DeepSpeed ZeRO ranks as Ray actors."""
 
-    num_ranks: int = 1  # data-parallel ranks of the policy group (the critic uses the same)
-    num_cpus: float = 0.25  # CPUs per rank
-    num_gpus: float = 0.0  # GPUs per rank
+    num_ranks: int = bounded(1, ge=1)  # data-parallel ranks of the policy group (the critic uses the same)
+    num_cpus: float = bounded(0.25, ge=0)  # CPUs per rank
+    num_gpus: float = bounded(0.0, ge=0)  # GPUs per rank
     zero_stage: int = 0  # 0 | 1 | 2 | 3
-    lr: float = 1e-5
-    critic_lr: float = 1e-5
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    max_steps: int = 10  # steps: rlhf = one rollout batch each; dpo / rm / sft = one optimizer step each
-    rollout_batch_size: int = 8  # rlhf: prompts per step (x algorithm.n_samples responses)
-    mini_batch_size: int = 8  # samples (dpo / rm: pairs) per optimizer step, across ranks
-    micro_batch_size: int = 8  # samples (pairs) per forward on one rank
-    lr_warmup_steps: int = 0  # linear learning-rate warm-up over this many optimizer steps (0: none)
-    max_nonfinite_steps: int = 3  # stop after this many consecutive steps whose every update was non-finite
-    save_steps: int = 0  # checkpoint every N steps (0: never); see orchestrator/checkpoint.py
-    keep_checkpoints: int = 2  # newest checkpoints kept
-    eval_every: int = 0  # score data.eval_path prompts every N steps (0: only after the last step)
+    lr: float = bounded(1e-5, gt=0)
+    critic_lr: float = bounded(1e-5, gt=0)
+    weight_decay: float = bounded(0.0, ge=0)
+    grad_clip: float = bounded(1.0, ge=0)  # global gradient-norm clip (0: none)
+    max_steps: int = bounded(10, ge=1)  # steps: rlhf = one rollout batch each; dpo / rm / sft = one optimizer step each
+    rollout_batch_size: int = bounded(8, ge=1)  # rlhf: prompts per step (x algorithm.n_samples responses)
+    mini_batch_size: int = bounded(8, ge=1)  # samples (dpo / rm: pairs) per optimizer step, across ranks
+    micro_batch_size: int = bounded(8, ge=1)  # samples (pairs) per forward on one rank
+    lr_warmup_steps: int = bounded(0, ge=0)  # linear warm-up: optimizer step k (1-based) uses lr * k / N for k <= N
+    # (0: none); the lr of each step is logged as ``lr``
+    max_nonfinite_steps: int = bounded(3, ge=0)  # stop after this many consecutive steps whose every update was non-finite
+    save_steps: int = bounded(0, ge=0)  # checkpoint every N steps (0: never); see orchestrator/checkpoint.py
+    keep_checkpoints: int = bounded(2, ge=1)  # newest checkpoints kept
+    eval_every: int = bounded(0, ge=0)  # score data.eval_path prompts every N steps (0: only after the last step)
     save_final: bool = True  # write <output_dir>/final in HF format
-    dist_timeout_s: int = 300  # torch.distributed collective timeout
+    dist_timeout_s: int = bounded(300, ge=1)  # torch.distributed collective timeout
 
 
 @dataclass
@@ -200,14 +224,14 @@ class ClusterConfig:
     """Where the actors run."""
 
     address: Optional[str] = None  # Ray address; null = $RAY_ADDRESS or a local Ray started here
-    num_cpus: Optional[int] = None  # CPUs of the local Ray (null = all)
+    num_cpus: Optional[int] = bounded(None, ge=1)  # CPUs of the local Ray (null = all)
     placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD of rollout/reward/reference (ranks: packed)
     colocate: List[List[str]] = field(default_factory=list)  # role groups sharing bundles, e.g. [[reference, reward]]
     role_resources: RoleResourcesConfig = field(default_factory=RoleResourcesConfig)  # custom resources per role
-    placement_timeout_s: float = 30.0  # fail if the placement groups are not ready by then
-    call_timeout_s: float = 600.0  # bound on any single remote call
-    torch_threads: int = 1  # intra-op threads per actor on CPU
-    max_restarts: int = 3  # Ray restarts of a dead rollout / reward actor (weights re-sent, call redone)
+    placement_timeout_s: float = bounded(30.0, gt=0)  # fail if the placement groups are not ready by then
+    call_timeout_s: float = bounded(600.0, gt=0)  # bound on any single remote call
+    torch_threads: int = bounded(1, ge=0)  # intra-op threads per actor on CPU (0: torch's default)
+    max_restarts: int = bounded(3, ge=0)  # Ray restarts of a dead rollout / reward actor (weights re-sent, call redone)
     dashboard: bool = False  # start the Ray dashboard with a local Ray (bound to 127.0.0.1)
 
 
@@ -221,6 +245,7 @@ class LoggerConfig:
     wandb_group: Optional[str] = None  # null: no group in a single run, the sweep folder's name in a multirun
     tensorboard: bool = True
     progress_bar: bool = True  # tqdm bar over steps on the driver
+    verbose: bool = False  # true: show the libraries' notices too (DeepSpeed, Ray, vLLM, ...; see orchestrator/quiet.py)
 
 
 @dataclass
@@ -235,17 +260,21 @@ class SweepConfig:
 class TetherConfig:
     """Top-level config; ``pipeline`` picks the driver loop."""
 
-    pipeline: str = "rlhf"
+    pipeline: str = "rlhf"  # the driver loop; set by conf/pipeline/<name>.yaml (choose with pipeline=<name>)
+    pipeline_algorithms: List[str] = field(default_factory=list)  # algorithm presets the pipeline takes (set by
+    # its conf/pipeline file; rm / sft / cai take none)
     device: str = "cpu"  # cpu | cuda: where workers compute
-    seed: int = 0  # seeds every random generator (python, numpy, torch, vLLM sampling)
+    seed: int = bounded(0, ge=0)  # seeds every random generator (python, numpy, torch, vLLM sampling)
     output_dir: str = "outputs/run"
     resume: Optional[str] = None  # auto: newest good checkpoint in output_dir (fresh if none) | a checkpoint dir
+    overwrite: bool = False  # true: remove the run output_dir holds (metrics, config, checkpoints, final/, tracker
+    # folders) and start over; without it Tether deletes no run's files and refuses a folder that holds a run
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
-    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    algorithm: Any = None  # RLAlgorithmConfig (rlhf) | PreferenceAlgorithmConfig (dpo) | null; from conf/algorithm
     cai: CAIConfig = field(default_factory=CAIConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
@@ -257,133 +286,8 @@ def register_configs() -> None:
     """Register the schema (and the ``tether.*`` resolvers) so ``conf/config.yaml`` can extend it."""
     from orchestrator.sweep import register_resolvers
 
-    ConfigStore.instance().store(name="tether_schema", node=TetherConfig)
+    store = ConfigStore.instance()
+    store.store(name="tether_schema", node=TetherConfig)
+    store.store(group="algorithm", name="rl_schema", node=RLAlgorithmConfig)  # conf/algorithm/*.yaml extend one
+    store.store(group="algorithm", name="preference_schema", node=PreferenceAlgorithmConfig)
     register_resolvers()
-
-
-def _choice(field_name: str, value, choices) -> None:
-    if value not in choices:
-        raise ConfigError(f"{field_name}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}")
-
-
-def _positive(cfg, names: list[str]) -> None:
-    from omegaconf import OmegaConf
-
-    for name in names:
-        value = OmegaConf.select(cfg, name)
-        if value <= 0:
-            raise ConfigError(f"{name}={value!r} must be > 0")
-
-
-def validate(cfg) -> None:
-    """Check values that the schema's types cannot; raise ConfigError naming the field."""
-    from orchestrator.pipelines import PIPELINES
-
-    _choice("pipeline", cfg.pipeline, sorted(PIPELINES))
-    _choice("device", cfg.device, ["cpu", "cuda"])
-    if cfg.resume not in (None, "auto"):
-        from pathlib import Path
-
-        from orchestrator.checkpoint import problem
-
-        why = problem(Path(cfg.resume))
-        if why:
-            raise ConfigError(f"resume={cfg.resume!r}: not a usable checkpoint: {why}")
-    _choice("model.dtype", cfg.model.dtype, ["float32", "bfloat16", "float16"])
-    _choice("rollout.backend", cfg.rollout.backend, ["vllm", "hf"])
-    _choice("trainer.zero_stage", cfg.trainer.zero_stage, [0, 1, 2, 3])
-    _choice("algorithm.kl_mode", cfg.algorithm.kl_mode, ["reward", "loss"])
-    _choice("cluster.placement_strategy", cfg.cluster.placement_strategy,
-            ["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"])
-    _positive(cfg, ["trainer.max_steps", "trainer.mini_batch_size", "trainer.micro_batch_size", "trainer.num_ranks"])
-    if cfg.trainer.mini_batch_size % cfg.trainer.num_ranks:
-        raise ConfigError(f"trainer.mini_batch_size={cfg.trainer.mini_batch_size} must be a multiple of "
-                          f"trainer.num_ranks={cfg.trainer.num_ranks}")
-    per_rank_mini = cfg.trainer.mini_batch_size // cfg.trainer.num_ranks
-    if per_rank_mini % min(cfg.trainer.micro_batch_size, per_rank_mini):
-        raise ConfigError(f"trainer.micro_batch_size={cfg.trainer.micro_batch_size} must divide the per-rank "
-                          f"mini-batch (mini_batch_size / num_ranks = {per_rank_mini})")
-    if cfg.pipeline == "rlhf":
-        _validate_rlhf(cfg)
-    else:
-        _validate_offline(cfg)
-    if cfg.pipeline == "cai":
-        _validate_cai(cfg)
-
-
-def _validate_offline(cfg) -> None:
-    """Checks for the dpo / rm / sft pipelines."""
-    _choice("data.overlong", cfg.data.overlong, ["truncate", "drop"])
-    _positive(cfg, ["data.max_length", "data.max_prompt_tokens"])
-    if cfg.data.max_prompt_tokens >= cfg.data.max_length and cfg.pipeline != "rm":
-        raise ConfigError(f"data.max_prompt_tokens={cfg.data.max_prompt_tokens} must be < data.max_length="
-                          f"{cfg.data.max_length} (room is needed for the response)")
-    if cfg.pipeline == "dpo":
-        from orchestrator.algorithms import PREFERENCE_LOSSES
-
-        PREFERENCE_LOSSES.get(cfg.algorithm.preference_loss)
-        _choice("algorithm.reference_mode", cfg.algorithm.reference_mode, ["online", "precompute"])
-        _positive(cfg, ["algorithm.beta"])
-        if not 0.0 <= cfg.algorithm.label_smoothing < 0.5:
-            raise ConfigError(f"algorithm.label_smoothing={cfg.algorithm.label_smoothing!r} must be in [0, 0.5)")
-
-
-def _validate_rollout(cfg) -> None:
-    """Checks for pipelines that sample from rollout engines."""
-    _positive(cfg, ["rollout.num_workers", "rollout.max_new_tokens", "rollout.temperature"])
-    if cfg.rollout.backend == "vllm" and importlib.util.find_spec("vllm") is None:
-        raise ConfigError("rollout.backend=vllm but vLLM is not installed: install '.[cpu]' or '.[gpu]', or use rollout=hf")
-    if cfg.device == "cuda" and cfg.rollout.backend == "vllm" and cfg.rollout.num_gpus < cfg.rollout.tensor_parallel_size:
-        raise ConfigError(f"rollout.num_gpus={cfg.rollout.num_gpus:g} must be >= rollout.tensor_parallel_size="
-                          f"{cfg.rollout.tensor_parallel_size} (each engine's GPUs are its actor's)")
-
-
-def _validate_cai(cfg) -> None:
-    """Checks for the cai pipeline (the constitution file itself is checked with the data)."""
-    _validate_rollout(cfg)
-    _positive(cfg, ["cai.revision_rounds", "cai.feedback.batch_size"])
-    if cfg.cai.feedback_samples < 2:
-        raise ConfigError(f"cai.feedback_samples={cfg.cai.feedback_samples} must be >= 2 (pairs are compared)")
-    if cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens > cfg.rollout.max_model_len:
-        raise ConfigError(f"data.max_prompt_tokens + rollout.max_new_tokens = "
-                          f"{cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens} must be <= rollout.max_model_len="
-                          f"{cfg.rollout.max_model_len}")
-
-
-def _validate_rlhf(cfg) -> None:
-    """Checks for the RLHF pipeline."""
-    from orchestrator.algorithms import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, POLICY_LOSSES
-
-    ADVANTAGE_ESTIMATORS.get(cfg.algorithm.estimator)
-    KL_ESTIMATORS.get(cfg.algorithm.kl_estimator)
-    POLICY_LOSSES.get(cfg.algorithm.policy_loss)
-    _validate_rollout(cfg)
-    _positive(cfg, ["trainer.rollout_batch_size", "algorithm.n_samples", "algorithm.ppo_epochs"])
-    if cfg.algorithm.estimator in ("grpo", "rloo") and cfg.algorithm.n_samples < 2:
-        raise ConfigError(f"algorithm.n_samples={cfg.algorithm.n_samples} must be >= 2 for "
-                          f"algorithm.estimator={cfg.algorithm.estimator} (it compares samples of one prompt)")
-    samples = cfg.trainer.rollout_batch_size * cfg.algorithm.n_samples
-    if samples % cfg.trainer.mini_batch_size:
-        raise ConfigError(f"trainer.mini_batch_size={cfg.trainer.mini_batch_size} must divide "
-                          f"rollout_batch_size*n_samples={samples}")
-    roles = {"rollout", "reward", "reference", "policy", "critic"}
-    for group in cfg.cluster.colocate:
-        unknown = [r for r in group if r not in roles]
-        if unknown:
-            raise ConfigError(f"cluster.colocate: unknown role {unknown[0]!r}; roles are: {', '.join(sorted(roles))}")
-    for role, asks in cfg.cluster.role_resources.items():
-        for name, amount in asks.items():
-            where = f"cluster.role_resources.{role}.{name}={amount:g}"
-            if name in ("CPU", "GPU"):
-                raise ConfigError(f"{where}: set CPUs / GPUs with the role's num_cpus / num_gpus, not here")
-            if amount <= 0 or (amount > 1 and amount != int(amount)):
-                raise ConfigError(f"{where} must be > 0, and a whole number when above 1 (Ray's rule)")
-    if cfg.reward.function is None and cfg.reward.model_path is None and cfg.reward.remote_url is None:
-        raise ConfigError("reward: set reward.function=FILE.py:NAME, reward.model_path=DIR or reward.remote_url=URL "
-                          "(all are null)")
-    if cfg.reward.remote_url:
-        import os
-
-        from orchestrator.rewards.remote import check_remote_config
-
-        check_remote_config(cfg.reward.remote_url, os.environ.get(cfg.reward.remote_token_env), cfg.reward.remote_token_env)

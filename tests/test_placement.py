@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import ray
 
-from orchestrator.config import validate
+from orchestrator.validation import validate
 from orchestrator.errors import ConfigError, ResourceError
 from orchestrator.placement import Placement, RoleSpec, check_fits, check_layout, plan_groups, rlhf_roles
 from tests.conftest import compose_config

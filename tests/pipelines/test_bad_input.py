@@ -13,7 +13,11 @@ import pytest
 from tests.conftest import error_line, run_cli
 
 CONFIG_CASES = [
-    ("pipeline=nope", ["pipeline='nope'", "rlhf"]),
+    ("pipeline=rlhf algorithm=dpo", ["pipeline=rlhf takes algorithm=ppo|grpo|rloo|reinforce_pp", "got algorithm=dpo"]),
+    ("pipeline=dpo algorithm=grpo", ["pipeline=dpo takes algorithm=dpo|ipo|cdpo|simpo|orpo", "got algorithm=grpo"]),
+    ("pipeline=sft algorithm=dpo", ["pipeline=sft takes no algorithm", "got algorithm=dpo"]),
+    ("algorithm.kl_mode=loss algorithm.kl_estimator=k1", ["kl_estimator=k1 anchors nothing", "k2", "k3"]),
+    ("algorithm.clip_eps=-1", ["algorithm.clip_eps=-1.0", "must be > 0"]),
     ("rollout.backend=sglang", ["rollout.backend='sglang'", "vllm", "hf"]),
     ("algorithm.estimator=ppo2", ["algorithm.estimator='ppo2'", "gae", "grpo", "reinforce_pp", "rloo"]),
     ("algorithm.kl_estimator=k9", ["algorithm.kl_estimator='k9'", "k1", "k2", "k3"]),
@@ -22,7 +26,7 @@ CONFIG_CASES = [
     ("model.dtype=float64", ["model.dtype='float64'", "bfloat16"]),
     ("device=tpu", ["device='tpu'", "cpu", "cuda"]),
     ("cluster.placement_strategy=RANDOM", ["cluster.placement_strategy='RANDOM'", "STRICT_SPREAD"]),
-    ("trainer.max_steps=0", ["trainer.max_steps=0", "> 0"]),
+    ("trainer.max_steps=0", ["trainer.max_steps=0", ">= 1"]),
     ("trainer.mini_batch_size=48", ["trainer.mini_batch_size=48", "must divide"]),
     ("trainer.micro_batch_size=3", ["trainer.micro_batch_size=3", "per-rank mini-batch"]),
     ("algorithm=grpo algorithm.n_samples=1", ["algorithm.n_samples=1", ">= 2"]),
@@ -52,6 +56,14 @@ def test_config_errors_fail_before_any_actor(tmp_path, overrides, expected):
     assert not out.exists()
 
 
+def test_unknown_pipeline_lists_the_pipelines(tmp_path):
+    """``pipeline`` is a config group: Hydra refuses an unknown one and lists the pipelines."""
+    proc = run_cli("pipeline=nope", f"output_dir={tmp_path / 'out'}", timeout=180)
+    assert proc.returncode != 0
+    assert "pipeline/nope" in proc.stderr and all(name in proc.stderr for name in ("rlhf", "dpo", "rm", "sft", "cai"))
+    assert not (tmp_path / "out").exists()
+
+
 def _jsonl(path, lines):
     path.write_text("".join(line + "\n" for line in lines))
     return path
@@ -64,6 +76,7 @@ DATA_CASES = [
     ("empty prompt", ['{"prompt": ""}'], 1, "empty"),
     ("not an object", ['{"prompt": "fine"}', '["a", "list"]'], 2, "object"),
     ("bad chat message", ['{"prompt": [{"role": "user"}]}'], 1, "content"),
+    ("over-long row", ['{"prompt": "fine"}', '{"prompt": "' + "x" * 2**21 + '"}'], 2, "data.max_row_bytes=1048576"),
 ]
 
 

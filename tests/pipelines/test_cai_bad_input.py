@@ -70,9 +70,9 @@ def test_bad_constitution_path_names_field(tmp_path, value, expected):
 
 
 CONFIG_CASES = [
-    (["cai.revision_rounds=0"], ["cai.revision_rounds=0", "must be > 0"]),
+    (["cai.revision_rounds=0"], ["cai.revision_rounds=0", "must be >= 1"]),
     (["cai.feedback_samples=1"], ["cai.feedback_samples=1", "must be >= 2"]),
-    (["cai.feedback.batch_size=0"], ["cai.feedback.batch_size=0", "must be > 0"]),
+    (["cai.feedback.batch_size=0"], ["cai.feedback.batch_size=0", "must be >= 1"]),
     (["cai.feedback.model_path=/nonexistent/judge"], ["cai.feedback.model_path='/nonexistent/judge'", "no config.json"]),
 ]
 
