@@ -1,9 +1,9 @@
-"""Prompt data: loading and checking rows, rendering prompts, and a resumable loader.
+"""Prompt data: checking rows, rendering prompts, and a resumable loader.
 
-:func:`load_rows` reads rows from any supported source and passes each through a row check;
-:func:`load_prompt_rows` uses it for prompt rows (``orchestrator.preference_data`` for preference
-pairs and SFT rows). A prompt is either a non-empty string or a non-empty list of chat messages
-``{"role": str, "content": str}``. Every problem with the data is a one-line
+:func:`load_prompt_rows` reads prompt rows with :func:`orchestrator.inputs.load_rows` (every source,
+every row bounded by ``data.max_row_bytes``) and checks each (``orchestrator.preference_data`` does
+the same for preference pairs and SFT rows). A prompt is either a non-empty string or a non-empty
+list of chat messages ``{"role": str, "content": str}``. Every problem with the data is a one-line
 :class:`~orchestrator.errors.DataError` that names the place at fault: ``file:N`` (1-based line)
 for JSONL, and ``file:row N`` (0-based row index, as in ``dataset[N]``) for JSON lists, parquet
 files and datasets.
@@ -11,29 +11,12 @@ files and datasets.
 
 from __future__ import annotations
 
-import json
-import os
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from orchestrator.errors import DataError
+from orchestrator.inputs import MAX_ROW_BYTES, RowCheck, json_type_name, load_rows
 
-FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
-
-
-def _short(exc: BaseException, limit: int = 200) -> str:
-    """Return the first line of an exception message, prefixed by its type and kept short."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-_TYPE_NAMES = {str: "string", bool: "boolean", int: "number", float: "number", list: "list",
-               dict: "object", type(None): "null"}
-
-
-def json_type_name(value: Any) -> str:
-    """Return a short, JSON-flavoured name for the type of ``value``."""
-    return _TYPE_NAMES.get(type(value), type(value).__name__)
+__all__ = ["RowCheck", "load_rows", "json_type_name"]  # re-exported: the readers live in orchestrator.inputs
 
 
 def check_prompt(prompt: Any, where: str, prompt_key: str = "prompt") -> None:
@@ -73,149 +56,14 @@ def check_prompt_row(row: Any, where: str, prompt_key: str = "prompt") -> dict:
     return row
 
 
-RowCheck = Callable[[Any, str], dict]
-"""``check(row, where) -> row``: checks (and may normalise) one raw row, raising DataError that
-starts with ``where`` (``file:N`` or ``file:row N``) when the row is malformed."""
-
-
-def _read_text(path: str) -> str:
-    """Read a UTF-8 text file (a leading byte-order mark is allowed)."""
-    try:
-        with open(path, encoding="utf-8-sig") as fh:
-            return fh.read()
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
-
-
-def _load_jsonl(path: str, check: RowCheck) -> list[dict]:
-    """Load and check a JSON Lines file; blank lines are skipped."""
-    rows = []
-    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise _invalid_json(path, exc, lineno) from None
-        rows.append(check(row, f"{path}:{lineno}"))
-    return rows
-
-
-def _invalid_json(path: str, exc: json.JSONDecodeError, line: int | None = None) -> DataError:
-    """Build the one-line error for a JSON syntax error."""
-    return DataError(f"{path}:{line or exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})")
-
-
-def _load_json(path: str, check: RowCheck) -> list[dict]:
-    """Load and check a JSON file holding a list of objects (JSON Lines content also works)."""
-    text = _read_text(path)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        if exc.msg == "Extra data":  # several top-level values: read it as JSON Lines
-            return _load_jsonl(path, check)
-        raise _invalid_json(path, exc) from None
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of objects, got {json_type_name(data)}")
-    return _check_rows(data, path, check)
-
-
-def _check_rows(rows: list, name: str, check: RowCheck) -> list[dict]:
-    """Check rows that come from a list or a table, naming them ``name:row N``."""
-    return [check(row, f"{name}:row {i}") for i, row in enumerate(rows)]
-
-
-def _load_parquet(path: str, check: RowCheck) -> list[dict]:
-    """Load and check a parquet file."""
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:  # pyarrow raises several types for a broken file
-        raise DataError(f"{path}: not a readable parquet file: {_short(exc)}") from None
-    return _check_rows(table.to_pylist(), path, check)
-
-
-def _pick_split(data: Any, path: str, split: str, field: str) -> Any:
-    """Return ``data[split]`` for a DatasetDict, or ``data`` itself for a single Dataset."""
-    import datasets
-
-    if isinstance(data, (datasets.DatasetDict, datasets.IterableDatasetDict)):
-        if split not in data:
-            raise DataError(
-                f"{field}={path}: no split '{split}' (splits: {', '.join(data) or 'none'})")
-        return data[split]
-    return data
-
-
-def _load_with_datasets(path: str, split: str, check: RowCheck, field: str) -> list[dict]:
-    """Load a ``save_to_disk`` directory, a folder of data files, or a dataset by name."""
-    saved = os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in
-                                        ("dataset_dict.json", "state.json", "dataset_info.json"))
-    try:
-        import datasets
-
-        data = datasets.load_from_disk(path) if saved else datasets.load_dataset(path, split=split)
-    except Exception as exc:
-        why = "directory is not a loadable dataset" if os.path.isdir(path) else \
-            "not a file, and not a dataset that loads offline"
-        raise DataError(f"{field}={path}: {why}: {_short(exc)}") from None
-    data = _pick_split(data, path, split, field)
-    rows = data.to_list() if hasattr(data, "to_list") else list(data)
-    return _check_rows(rows, path, check)
-
-
-def _looks_like_file(path: str) -> bool:
-    """True when ``path`` is plainly meant as a local path (a file suffix, an absolute or
-    relative path, or a parent folder that exists here) rather than a dataset name."""
-    parent = os.path.dirname(os.path.expanduser(path))
-    return path.lower().endswith(FILE_SUFFIXES) or path.startswith(("/", ".", "~")) \
-        or (bool(parent) and os.path.isdir(parent))
-
-
-def load_rows(path: str, check: RowCheck, split: str = "train", field: str = "data.path") -> list[dict]:
-    """Load rows from a file, a saved dataset directory or a dataset name, checking each one.
-
-    ``path`` may be a ``.jsonl``, ``.json`` (a list of objects) or ``.parquet`` file, a directory
-    saved with ``datasets.Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` (``split`` picks
-    the split of a DatasetDict), or a dataset name for ``datasets.load_dataset``. Each raw row goes
-    through ``check(row, where)`` and what it returns is kept. ``field`` is the config field the
-    path came from; errors about the path as a whole name it (``data.path: no such file: X``).
-    """
-    if not isinstance(path, str) or not path.strip():
-        raise DataError(f"{field} is empty; give a .jsonl/.json/.parquet file or a dataset")
-    expanded = os.path.expanduser(path)
-    if os.path.isdir(expanded):
-        rows = _load_with_datasets(expanded, split, check, field)
-    elif os.path.isfile(expanded):
-        lower = expanded.lower()
-        if lower.endswith(".jsonl"):
-            rows = _load_jsonl(expanded, check)
-        elif lower.endswith(".json"):
-            rows = _load_json(expanded, check)
-        elif lower.endswith(".parquet"):
-            rows = _load_parquet(expanded, check)
-        else:
-            raise DataError(f"{field}={path}: unsupported file type; use .jsonl, .json or "
-                            ".parquet, a saved dataset directory, or a dataset name")
-    elif _looks_like_file(path):
-        raise DataError(f"{field}: no such file: {path}")
-    else:
-        rows = _load_with_datasets(path, split, check, field)
-    if not rows:
-        raise DataError(f"{field}={path}: no rows (the dataset is empty)")
-    return rows
-
-
 def load_prompt_rows(path: str, prompt_key: str = "prompt", split: str = "train",
-                     field: str = "data.path") -> list[dict]:
+                     field: str = "data.path", max_row_bytes: int = MAX_ROW_BYTES) -> list[dict]:
     """Load prompt rows (see :func:`load_rows` for the sources ``path`` may name).
 
     Every row must hold a valid prompt under ``prompt_key``; other columns are kept as they are.
     """
-    return load_rows(path, lambda row, where: check_prompt_row(row, where, prompt_key), split, field)
+    return load_rows(path, lambda row, where: check_prompt_row(row, where, prompt_key), split, field,
+                     max_row_bytes)
 
 
 def render_prompt(tokenizer: Any, prompt: str | list[dict]) -> str:
@@ -237,6 +85,26 @@ def render_prompt(tokenizer: Any, prompt: str | list[dict]) -> str:
             lines = [f"{m['role']}: {m['content']}" for m in messages]
             return "\n".join(lines + ["assistant: "])
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+CHARS_PER_TOKEN = 32  # generous: no tokenizer in use packs more characters into a token on average
+
+
+def last_tokens(tokenizer: Any, texts: list[str], max_tokens: int) -> tuple[list[list[int]], int]:
+    """Token ids of each text (no special tokens added), left-truncated to ``max_tokens``, and how
+    many texts were truncated.
+
+    A text is cut to its last ``max_tokens * CHARS_PER_TOKEN`` characters before it is tokenised,
+    so the tokenizer's work is bounded however long the text is. A text under that bound gets the
+    ids of the whole text; over it, the cut lies so far left of the ``max_tokens`` tokens kept
+    that they are the ones the whole text has.
+    """
+    bound = max_tokens * CHARS_PER_TOKEN
+    cut = [len(t) > bound for t in texts]
+    short = [t[-bound:] if c else t for t, c in zip(texts, cut)]
+    ids = tokenizer(short, add_special_tokens=False)["input_ids"] if texts else []
+    truncated = sum(c or len(i) > max_tokens for c, i in zip(cut, ids))
+    return [list(i[-max_tokens:]) for i in ids], truncated
 
 
 class PromptLoader:

@@ -1,7 +1,8 @@
 """Preference pairs (DPO, reward models) and SFT rows: loading, checking, tokenizing, packing.
 
 Rows come from the same sources as prompt rows (``.jsonl``, ``.json`` lists, ``.parquet``,
-``save_to_disk`` folders, dataset names; see :func:`orchestrator.data.load_rows`), and every
+``save_to_disk`` folders, dataset names; see :func:`orchestrator.inputs.load_rows`; each row at
+most ``data.max_row_bytes``), and every
 malformed row stops the load with a one-line :class:`~orchestrator.errors.DataError` that starts
 with ``file:N`` (JSONL, 1-based line) or ``file:row N`` (JSON lists, parquet, datasets).
 
@@ -26,7 +27,9 @@ from typing import Any
 import torch
 
 from orchestrator.batching import pack_samples
-from orchestrator.data import check_object, check_prompt, json_type_name, load_rows, render_prompt
+from orchestrator.data import (CHARS_PER_TOKEN, check_object, check_prompt, json_type_name, last_tokens, load_rows,
+                               render_prompt)
+from orchestrator.inputs import MAX_ROW_BYTES
 from orchestrator.errors import ConfigError, DataError
 
 OVERLONG_CHOICES = ("truncate", "drop")
@@ -154,18 +157,20 @@ def check_sft_row(row: Any, where: str, prompt_key: str = "prompt", response_key
 # ---- loading -------------------------------------------------------------------------------
 
 def load_pair_rows(path: str, split: str = "train", prompt_key: str = "prompt", chosen_key: str = "chosen",
-                   rejected_key: str = "rejected", field: str = "data.path") -> list[dict]:
+                   rejected_key: str = "rejected", field: str = "data.path",
+                   max_row_bytes: int = MAX_ROW_BYTES) -> list[dict]:
     """Load and check preference pairs (see :func:`check_pair_row`); ``field`` is the config
     field ``path`` came from (``data.path`` / ``data.eval_path``), named in path errors."""
     return load_rows(path, lambda row, where: check_pair_row(row, where, prompt_key, chosen_key,
-                                                             rejected_key), split, field)
+                                                             rejected_key), split, field, max_row_bytes)
 
 
 def load_sft_rows(path: str, split: str = "train", prompt_key: str = "prompt", response_key: str = "response",
-                  messages_key: str = "messages", field: str = "data.path") -> list[dict]:
+                  messages_key: str = "messages", field: str = "data.path",
+                  max_row_bytes: int = MAX_ROW_BYTES) -> list[dict]:
     """Load and check SFT rows, normalised to ``{"prompt", "response"}`` (see :func:`check_sft_row`)."""
     return load_rows(path, lambda row, where: check_sft_row(row, where, prompt_key, response_key,
-                                                            messages_key), split, field)
+                                                            messages_key), split, field, max_row_bytes)
 
 
 # ---- tokenizing ----------------------------------------------------------------------------
@@ -221,14 +226,13 @@ def _encode_prompted(tokenizer: Any, rows: list[dict], keys: tuple[str, ...], ma
     _check_limits(max_length, overlong, max_prompt_tokens)
     if not rows:
         raise DataError(f"no {what} to encode")
-    prompts = _token_ids(tokenizer, [render_prompt(tokenizer, r["prompt"]) for r in rows],
-                         add_special_tokens=False)
+    prompts, _ = last_tokens(tokenizer, [render_prompt(tokenizer, r["prompt"]) for r in rows], max_prompt_tokens)
     tail = _eos(tokenizer)
-    responses = [_token_ids(tokenizer, [response_text(r[k]) for r in rows], add_special_tokens=False)
+    bound = max_length * CHARS_PER_TOKEN  # no more text than can fill max_length tokens is tokenised
+    responses = [_token_ids(tokenizer, [response_text(r[k])[:bound] for r in rows], add_special_tokens=False)
                  for k in keys]
     out, truncated = [], 0
     for i, prompt_ids in enumerate(prompts):
-        prompt_ids = prompt_ids[-max_prompt_tokens:]
         fitted, cut = _fit(prompt_ids, [ids[i] + tail for ids in responses], max_length, overlong)
         if fitted is not None:
             truncated += cut
@@ -272,7 +276,9 @@ def encode_reward_pairs(tokenizer: Any, rows: list[dict], max_length: int,
     _check_limits(max_length, overlong)
     if not rows:
         raise DataError("no pairs to encode")
-    texts = {k: [reward_text(prompt_text(r["prompt"]), response_text(r[k])) for r in rows] for k in ("chosen", "rejected")}
+    bound = max_length * CHARS_PER_TOKEN  # no more text than can fill max_length tokens is tokenised
+    texts = {k: [reward_text(prompt_text(r["prompt"]), response_text(r[k]))[:bound] for r in rows]
+             for k in ("chosen", "rejected")}
     ids = {k: _token_ids(tokenizer, t, add_special_tokens=True) for k, t in texts.items()}
     out, truncated = [], 0
     for i in range(len(rows)):

@@ -295,3 +295,4 @@ def test_loader_errors():
         loader.load_state_dict({"epoch": 0})
     with pytest.raises(DataError):
         loader.load_state_dict({"epoch": 0, "index": 99})
+

@@ -351,3 +351,4 @@ def test_loader_serves_pairs():
     with pytest.raises(DataError, match="larger than the 5 preference pair rows in the data set; lower the "
                                         "batch size or add preference pair rows"):
         PromptLoader(rows, 6, seed=0, row_kind="preference pair")
+
