@@ -8,6 +8,11 @@ A checkpoint is written to ``.tmp_step_...`` and renamed into place only once co
 without it, with unreadable ``state.json``, a missing group, or a file whose size or hash differs
 (truncated, corrupted or replaced) is skipped with a warning and the previous one used. The ranks
 then read DeepSpeed's pickled files with ``torch.load(weights_only=True)`` (``workers/safe_torch_load.py``).
+
+A run resumed from an older checkpoint than the newest starts a new timeline: the newer ones are
+moved to ``checkpoints/abandoned/`` (:func:`set_aside_newer`), where neither ``resume=auto`` nor
+pruning sees them. A resume is refused when a field that the saved state depends on differs
+(:data:`RESUME_FIELDS`, :func:`mismatch`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import logging
 import os
 import shutil
 from pathlib import Path
+
+from orchestrator.errors import CheckpointError
 
 log = logging.getLogger("tether")
 STATE_FILE, COMPLETE_FILE = "state.json", "COMPLETE"
@@ -41,9 +48,85 @@ def save(output_dir: Path, step: int, state: dict, groups: dict, keep: int) -> P
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)
-    for old in sorted(root(output_dir).glob("step_*"))[:-keep] if keep > 0 else []:
+    for old in sorted(root(output_dir).glob("step_*"))[:-keep] if keep > 0 else []:  # live timeline only
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+ABANDONED = "abandoned"
+# config fields a checkpoint's state depends on: another pipeline or algorithm has other trainer
+# groups and state; other weights or another ZeRO layout / world size cannot load the saved partitions
+RESUME_FIELDS = ("pipeline", "algorithm.name", "algorithm.estimator", "model.path", "model.gguf",
+                 "trainer.num_ranks", "trainer.zero_stage")
+
+
+def _select(cfg: dict, dotted: str):
+    for key in dotted.split("."):
+        if not isinstance(cfg, dict) or key not in cfg:
+            return None
+        cfg = cfg[key]
+    return cfg
+
+
+def mismatch(old: dict, new: dict) -> tuple[str, object, object] | None:
+    """The first of :data:`RESUME_FIELDS` (and ``model.tiny`` when the tiny model is built) that differs
+    between a saved config and this run's, as ``(field, old, new)``; None when the resume is valid.
+    A field missing from either side (an older schema) is not compared."""
+    fields = list(RESUME_FIELDS)
+    if _select(new, "model.path") is None and _select(new, "model.gguf") is None:
+        fields.append("model.tiny")
+    for name in fields:
+        was, now = _select(old, name), _select(new, name)
+        if was is not None and now is not None and was != now:
+            return name, was, now
+    return None
+
+
+def read_state(folder: Path) -> tuple[Path, dict] | None:
+    """``(folder, state)`` when ``folder`` has a COMPLETE marker and a readable ``state.json`` (no
+    hashing: a cheap look before anything starts), else None."""
+    try:
+        if (folder / COMPLETE_FILE).is_file():
+            state = json.loads((folder / STATE_FILE).read_text())
+            if isinstance(state, dict):
+                return folder, state
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def newest_state(output_dir: Path) -> tuple[Path, dict] | None:
+    """The newest checkpoint of the live timeline that :func:`read_state` reads, or None."""
+    for folder in sorted(root(output_dir).glob("step_*"), reverse=True):
+        found = read_state(folder)
+        if found:
+            return found
+    return None
+
+
+def set_aside_newer(output_dir: Path, step: int) -> list[Path]:
+    """Move the checkpoints newer than ``step`` (an abandoned timeline after resuming an older one, or
+    broken ones skipped) to ``checkpoints/abandoned/``; nothing is deleted. Returns their new paths."""
+    moved = []
+    for folder in sorted(root(output_dir).glob("step_*")):
+        try:
+            newer = int(folder.name.split("_")[1]) > step
+        except (IndexError, ValueError):
+            continue
+        if newer:
+            dest = root(output_dir) / ABANDONED / folder.name
+            n = 1
+            while dest.exists():
+                n += 1
+                dest = root(output_dir) / ABANDONED / f"{folder.name}.{n}"
+            dest.parent.mkdir(exist_ok=True)
+            os.rename(folder, dest)
+            moved.append(dest)
+    if moved:
+        log.warning("resumed at step %d: moved %d newer checkpoint(s) of the abandoned timeline to %s (%s); "
+                    "resume=auto and trainer.keep_checkpoints ignore them", step, len(moved),
+                    root(output_dir) / ABANDONED, ", ".join(p.name for p in moved))
+    return moved
 
 
 def _sha256(path: Path) -> str:
@@ -104,13 +187,28 @@ def latest(output_dir: Path) -> tuple[Path, dict] | None:
 
 
 def truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric rows after ``step`` (written after the checkpoint a run resumes from)."""
+    """Drop metric rows after ``step`` (written after the checkpoint a run resumes from). A torn last
+    line (a kill mid-write) is dropped with a warning; a malformed line before it is a CheckpointError
+    naming file:line."""
     if not path.exists():
         return
-    rows = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in rows if json.loads(line).get("step", 0) <= step]
+    lines = [(n, line) for n, line in enumerate(path.read_bytes().split(b"\n"), 1) if line.strip()]
+    kept = []
+    for i, (n, line) in enumerate(lines):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("step", 0), int):
+                raise ValueError("not a JSON object with an integer step")
+        except ValueError as exc:  # UnicodeDecodeError is one too
+            if i == len(lines) - 1:
+                log.warning("%s:%d: dropped a torn last line (the run was killed while writing it)", path, n)
+                break
+            raise CheckpointError(f"{path}:{n}: malformed metrics row ({exc}); fix or delete that line to "
+                                  "resume") from None
+        if row.get("step", 0) <= step:
+            kept.append(line.decode() + "\n")
     tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.write_text("".join(kept))
     os.replace(tmp, path)
 
 

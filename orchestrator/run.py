@@ -18,68 +18,14 @@ from pathlib import Path
 import ray
 from omegaconf import OmegaConf
 
-from orchestrator import checkpoint
-from orchestrator.config import validate
-from orchestrator.data import load_prompt_rows, render_prompt
-from orchestrator.errors import CheckpointError, ConfigError, DataError, NumericalError, WorkerError
+from orchestrator import checkpoint, outputs
+from orchestrator.errors import CheckpointError, NumericalError, WorkerError
 from orchestrator.models import resolve_model_path
 from orchestrator.placement import Placement
-from orchestrator.preference_data import prompt_text
-from orchestrator.rewards.loader import load_reward_function, resolve_file
 from orchestrator.runtime import start_ray
 from orchestrator.tracking import Tracker
 
 log = logging.getLogger("tether")
-
-
-ASSETS = "orchestrator/assets"
-SHIPPED_DATA = {  # pipeline -> (train, held-out) used when data.path is null
-    "rlhf": (f"{ASSETS}/prompts/tiny.jsonl", None),
-    "dpo": (f"{ASSETS}/preferences/tiny.jsonl", f"{ASSETS}/preferences/tiny_eval.jsonl"),
-    "rm": (f"{ASSETS}/preferences/tiny.jsonl", f"{ASSETS}/preferences/tiny_eval.jsonl"),
-    "sft": (f"{ASSETS}/sft/tiny.jsonl", f"{ASSETS}/sft/tiny_eval.jsonl"),
-    "cai": (f"{ASSETS}/red_team/prompts.jsonl", None),
-}
-
-
-def resolve_data_path(path: str) -> str:
-    """A data path relative to the current folder, else to the project root; names pass through."""
-    resolved = resolve_file(path)
-    return str(resolved) if resolved.exists() else path
-
-
-def data_paths(cfg) -> tuple[str, str | None]:
-    """``(train, held-out or None)``: ``data.path`` / ``data.eval_path``, or the pipeline's shipped set."""
-    if cfg.data.path:
-        train, held_out = cfg.data.path, cfg.data.eval_path
-    else:
-        train, shipped_eval = SHIPPED_DATA[cfg.pipeline]
-        held_out = cfg.data.eval_path or shipped_eval
-    return resolve_data_path(train), (resolve_data_path(held_out) if held_out else None)
-
-
-def load_train_and_held_out(cfg, load, batch_field: str, what: str, **keys) -> tuple[list[dict], list[dict]]:
-    """Rows (train, held-out) read with ``load(path, split=..., field=..., **keys)``; the train rows
-    must fill at least one batch of ``batch_field`` (a config path such as ``trainer.mini_batch_size``)."""
-    train_path, eval_path = data_paths(cfg)
-    train = load(train_path, split=cfg.data.split, field="data.path", **keys)
-    held_out = load(eval_path, split=cfg.data.split, field="data.eval_path", **keys) if eval_path else []
-    batch = OmegaConf.select(cfg, batch_field)
-    if batch > len(train):
-        raise DataError(f"batch size {batch} ({batch_field}) is larger than the {len(train)} {what} in {train_path}; "
-                        f"lower {batch_field}={batch} or add rows")
-    return train, held_out
-
-
-def load_prompt_data(cfg) -> tuple[list[dict], list[dict]]:
-    """RLHF input checks: prompt rows (train, held-out) and the reward function / model."""
-    rows = load_train_and_held_out(cfg, load_prompt_rows, "trainer.rollout_batch_size", "prompt rows",
-                                   prompt_key=cfg.data.prompt_key)
-    if cfg.reward.function:
-        load_reward_function(cfg.reward.function)
-    if cfg.reward.model_path and not (Path(cfg.reward.model_path) / "config.json").is_file():
-        raise ConfigError(f"reward.model_path={cfg.reward.model_path!r}: not a model folder (no config.json)")
-    return rows
 
 
 class RunContext:
@@ -91,13 +37,20 @@ class RunContext:
     Ray is started: bad input fails fast.
     """
 
-    def __init__(self, cfg, load_data=load_prompt_data, prepare=None):
-        validate(cfg)
+    def __init__(self, cfg, load_data, prepare=None):
         self.cfg = cfg
         self.output_dir = Path(cfg.output_dir).expanduser().resolve()
-        if (self.output_dir / "metrics.jsonl").exists() and cfg.resume is None:
-            raise ConfigError(f"output_dir={cfg.output_dir!r} already holds a run (metrics.jsonl); "
-                              "choose another, or continue it with resume=auto")
+        self._created_dir = outputs.prepare(self.output_dir)  # writable, before anything starts
+        self._lock = outputs.OutputLock(self.output_dir)  # one writer per output_dir, until __exit__
+        try:
+            outputs.check_reuse(cfg, self.output_dir)  # never mix with, or silently replace, a run there
+            self._start(cfg, load_data, prepare)
+        except BaseException:
+            self._release(failed=True)
+            raise
+
+    def _start(self, cfg, load_data, prepare) -> None:
+        """Input checks, tokenizer, Ray: what ``__init__`` does once the output folder is held."""
         self.train_rows, self.eval_rows = load_data(cfg)
         self.model_path = resolve_model_path(cfg.model)
         from transformers import AutoTokenizer
@@ -110,7 +63,6 @@ class RunContext:
         self.times: dict[str, float] = {}
         self.tracker: Tracker | None = None
         self.placements: list[Placement] = []
-        self._created_dir = not self.output_dir.exists()
         self.steps_logged = 0
         self.resumed_step = 0  # the checkpoint's step when resumed
         self.wandb_id = None  # the wandb run (kept in checkpoints: a resumed run continues it)
@@ -119,16 +71,28 @@ class RunContext:
         self._last_log = time.perf_counter()
 
     def __enter__(self) -> "RunContext":
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if self.cfg.get("overwrite"):  # every input check passed: only now is the old run removed
+            removed = outputs.remove_run(self.output_dir)
+            if removed:
+                log.warning("overwrite=true: removed the previous run's %s from %s", ", ".join(removed), self.output_dir)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self.tracker is not None:
-            self.tracker.close()
-        for p in self.placements:
-            p.remove()
-        if exc_type is not None and self.steps_logged == 0 and self._created_dir:
+        try:
+            if exc_type is None:
+                print(self.summary())
+            if self.tracker is not None:
+                self.tracker.close()
+            for p in self.placements:
+                p.remove()
+        finally:
+            self._release(failed=exc_type is not None and self.steps_logged == 0)
+
+    def _release(self, failed: bool) -> None:
+        """Remove the output folder if this run created it and failed before logging a step; unlock."""
+        if failed and self._created_dir:
             shutil.rmtree(self.output_dir, ignore_errors=True)
+        self._lock.release()
 
     # ---- set-up helpers --------------------------------------------------------------------
     def place(self, roles) -> Placement:
@@ -140,21 +104,6 @@ class RunContext:
         if len({n for r in roles for n in placement.node_ids(r.name)}) > 1:
             log.info("placement: %s", placement.describe())
         return placement
-
-    def encode(self, rows: list[dict]) -> list[list[int]]:
-        """Chat-templated, left-truncated prompt token ids."""
-        limit = self.cfg.data.max_prompt_tokens
-        ids = []
-        for row in rows:
-            text = render_prompt(self.tokenizer, row[self.cfg.data.prompt_key])
-            tokens = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            ids.append(tokens[-limit:])
-        return ids
-
-    def prompt_texts(self, rows: list[dict], n: int) -> list[str]:
-        """The prompt each of ``n`` samples per row answers, as reward functions get it: the row's
-        prompt string, or for chat rows the content of the last user message."""
-        return [prompt_text(row[self.cfg.data.prompt_key]) for row in rows for _ in range(n)]
 
     def decode(self, ids: list[int]) -> str:
         """Token ids -> text without special tokens."""
@@ -184,7 +133,7 @@ class RunContext:
         """Write one metrics row (with the phase times) and reset the timers."""
         if self.tracker is None:
             c = self.cfg
-            label = {"rlhf": f"-{c.algorithm.name}", "dpo": f"-{c.algorithm.preference_loss}"}.get(c.pipeline, "")
+            label = f"-{c.algorithm.name}" if c.algorithm is not None else ""
             from orchestrator.sweep import trial_group, trial_run_name  # per-trial name, shared group in a multirun
 
             name = trial_run_name(c.logger.run_name or f"{c.pipeline}{label}-{c.model.name}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -207,6 +156,14 @@ class RunContext:
         else:
             log.info("step %d %s", step, " ".join(f"{k}={v}" for k, v in shown.items()))
 
+    def summarize(self, name: str, metrics: dict) -> Path:
+        """Record results that follow the last step (e.g. CAI's stage 2) as ``<output_dir>/<name>``
+        (a JSON object), in the wandb summary and in TensorBoard at the last step."""
+        path = self.output_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.tracker.summarize(self.cfg.trainer.max_steps, metrics, str(path))
+        return path
+
     def check_finite(self, *group_stats: dict) -> None:
         """Count steps in which a trainer group (policy or critic) had every update skipped as
         non-finite; stop after ``trainer.max_nonfinite_steps`` such steps in a row."""
@@ -228,11 +185,15 @@ class RunContext:
         return bool(self.eval_rows) and (step == last or (every > 0 and step % every == 0))
 
     # ---- checkpoints ---------------------------------------------------------------------------
-    def restore(self, groups: dict, loader, kl_ctl=None) -> int:
-        """Load the checkpoint ``resume`` asks for; returns its step (0: fresh start).
+    def restore(self, groups: dict, stateful: dict) -> int:
+        """Load the checkpoint ``resume`` asks for into the trainer ``groups`` and the ``stateful``
+        objects (``{name: obj}`` with ``load_state_dict``, saved under their names by
+        :meth:`maybe_checkpoint`); returns its step (0: fresh start).
 
         ``resume=auto`` takes the newest good checkpoint in ``output_dir`` (a broken one, or one
         whose trainer state fails to load, is skipped with a warning); ``resume=DIR`` takes that one.
+        Checkpoints newer than the one loaded are moved aside (an abandoned timeline). When none
+        loads and the folder holds a run, nothing is changed and the run stops.
         """
         resume = self.cfg.resume
         if resume is None:
@@ -242,6 +203,10 @@ class RunContext:
         else:
             candidates = iter([(Path(resume), checkpoint.load_state(Path(resume)))])
         for folder, state in candidates:
+            missing = [name for name in stateful if name not in state]
+            if missing:
+                raise CheckpointError(f"{folder / checkpoint.STATE_FILE} holds no state for {', '.join(missing)}: "
+                                      "it was written by another pipeline; use another output_dir")
             try:
                 for name, group in groups.items():
                     group.load_checkpoint(str(folder / name))
@@ -250,25 +215,33 @@ class RunContext:
                     raise
                 log.warning("skipping checkpoint %s: trainer state did not load: %s", folder, exc)
                 continue
-            loader.load_state_dict(state["loader"])
-            if kl_ctl is not None:
-                kl_ctl.load_state_dict(state["kl_controller"])
+            for name, obj in stateful.items():
+                obj.load_state_dict(state[name])
             checkpoint.set_rng_state(state["rng"])
+            checkpoint.set_aside_newer(self.output_dir, state["step"])
             checkpoint.truncate_metrics(self.output_dir / "metrics.jsonl", state["step"])
             self.steps_logged = self.resumed_step = state["step"]
             self.wandb_id = state.get("wandb_id")
             log.info("resumed from %s (step %d)", folder, state["step"])
             return state["step"]
-        log.info("resume=auto: no usable checkpoint in %s, starting fresh", self.output_dir)
-        checkpoint.truncate_metrics(self.output_dir / "metrics.jsonl", 0)
+        held = outputs.run_files(self.output_dir)
+        if held:
+            raise CheckpointError(f"resume=auto: no checkpoint in {checkpoint.root(self.output_dir)} could be used "
+                                  "(see the warnings above); nothing was changed: start over with overwrite=true, "
+                                  "or choose another output_dir")
+        log.info("resume=auto: no checkpoint in %s, starting fresh", self.output_dir)
         return 0
 
-    def maybe_checkpoint(self, step: int, groups: dict, loader, kl_ctl=None) -> None:
-        """Every ``trainer.save_steps`` steps, write an atomic checkpoint."""
+    def maybe_checkpoint(self, step: int, groups: dict, stateful: dict) -> None:
+        """Every ``trainer.save_steps`` steps, write an atomic checkpoint of the trainer ``groups`` and
+        of the ``stateful`` objects (``{name: obj}`` with ``state_dict``, e.g. the data loader)."""
         every = self.cfg.trainer.save_steps
         if every and step % every == 0:
+            reserved = {"step", "rng", "wandb_id", "config"} & set(stateful)
+            if reserved:
+                raise ValueError(f"checkpoint state names {sorted(reserved)} are reserved")
             with self.phase("checkpoint"):
-                state = {"loader": loader.state_dict(), "kl_controller": kl_ctl.state_dict() if kl_ctl else None,
+                state = {**{name: obj.state_dict() for name, obj in stateful.items()},
                          "rng": checkpoint.rng_state(), "wandb_id": self.wandb_id,
                          "config": OmegaConf.to_container(self.cfg, resolve=True)}
                 checkpoint.save(self.output_dir, step, state, groups, self.cfg.trainer.keep_checkpoints)

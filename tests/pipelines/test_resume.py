@@ -94,7 +94,7 @@ def test_output_dir_with_a_run_needs_resume(tmp_path):
     out.mkdir()
     (out / "metrics.jsonl").write_text('{"step": 1}\n')
     proc = run_cli(f"output_dir={out}", timeout=120)
-    assert proc.returncode == 2 and "resume=auto" in proc.stderr
+    assert proc.returncode == 2 and "overwrite=true" in proc.stderr and "resume=auto" not in proc.stderr  # no checkpoint
 
 
 def test_latest_skips_broken_checkpoints(tmp_path, caplog):

@@ -1,0 +1,172 @@
+"""The output folder of a run: checked writable at start, one writer at a time, never emptied unasked.
+
+* :func:`prepare` creates ``output_dir`` and writes and removes a probe file, so an unwritable
+  folder or a path that is a file fails in one line before Ray starts or data is tokenised.
+* :class:`OutputLock` holds ``fcntl.flock`` on ``<output_dir>/.tether.lock`` for the whole run. The
+  kernel releases it when the process ends, killed or not; a second run on the folder meets it at
+  once (the file names the holder: pid, host, start time). The file is never removed: removing a
+  lock file lets a third process lock a new file while the second still holds the old one. The
+  descriptor is not inherited by child processes (Ray's raylet and workers), so a Ray process that
+  outlives a killed driver does not keep the folder locked. On NFS, Linux maps ``flock`` to
+  byte-range locks, which lockd shares between nodes.
+* :func:`check_reuse` decides whether this run may use a folder that holds another run's files:
+  with ``resume`` it must find a checkpoint of a compatible run, and only ``overwrite=true``
+  removes anything (:func:`remove_run`, after every input check has passed).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+from orchestrator import checkpoint
+from orchestrator.errors import CheckpointError, ConfigError
+
+log = logging.getLogger("tether")
+LOCK_FILE = ".tether.lock"
+RUN_FILES = ("metrics.jsonl", "config.yaml", "final", "checkpoints")  # a folder holding any of these holds a run
+# what overwrite=true removes: the run files, the trackers' folders, CAI's stage outputs, a half-written final
+OVERWRITTEN = (*RUN_FILES, "tensorboard", "wandb", "cai", ".final.tmp")
+
+
+def prepare(output_dir: Path) -> bool:
+    """Create ``output_dir`` (with parents) and check a file can be written there; returns whether
+    the folder was created. Raises ConfigError naming ``output_dir`` and the reason."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"output_dir={str(output_dir)!r} is a file, not a folder; choose a folder path")
+    created = not output_dir.exists()
+    probe = output_dir / f".tether-probe-{os.getpid()}"
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"output_dir={str(output_dir)!r} cannot be written: {exc.strerror or exc}; "
+                          "choose a folder you can write to") from None
+    return created
+
+
+class OutputLock:
+    """An exclusive lock on ``<output_dir>/.tether.lock`` held until :meth:`release` (or process end)."""
+
+    def __init__(self, output_dir: Path):
+        self.path = Path(output_dir) / LOCK_FILE
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # not inheritable (PEP 446)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise ConfigError(f"output_dir={str(output_dir)!r} is in use by another run ({holder}); wait for it "
+                              "to end or choose another output_dir") from None
+        self._fd: int | None = fd
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+
+    def release(self) -> None:
+        """Unlock (closing the descriptor releases the flock)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _holder(fd: int) -> str:
+    """``pid N on HOST since TIME`` from a lock file's content, as far as it was written."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f"pid {info['pid']} on {info['host']} since {info['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "holder not yet recorded"
+
+
+def run_files(output_dir: Path) -> list[str]:
+    """The names in :data:`RUN_FILES` that ``output_dir`` holds (folders with a trailing ``/``)."""
+    paths = [Path(output_dir) / name for name in RUN_FILES]
+    return [p.name + ("/" if p.is_dir() else "") for p in paths if p.exists()]
+
+
+def remove_run(output_dir: Path) -> list[str]:
+    """``overwrite=true``: remove what an earlier run wrote (:data:`OVERWRITTEN`); other files stay.
+    Returns the names removed."""
+    removed = []
+    for name in OVERWRITTEN:
+        path = Path(output_dir) / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_reuse(cfg, output_dir: Path) -> None:
+    """Refuse, in one line, a run that would mix with, or silently replace, the run ``output_dir`` holds.
+
+    No run there: anything goes. A run there and ``resume`` null: refused (``overwrite=true`` starts
+    over). ``resume=auto``: needs a checkpoint there. ``resume=DIR``: DIR must be a checkpoint of that
+    run. ``overwrite=true`` with ``resume=auto``, or with a DIR inside ``output_dir``: contradictory.
+    Then, with ``resume``, the checkpoint and the folder's ``config.yaml`` must come from a compatible
+    config (:func:`orchestrator.checkpoint.mismatch`)."""
+    resume, overwrite = cfg.resume, bool(cfg.get("overwrite", False))
+    out = repr(str(output_dir))
+    source = Path(resume).expanduser().resolve() if resume not in (None, "auto") else None
+    if overwrite and (resume == "auto" or (source is not None and _inside(source, output_dir))):
+        raise ConfigError(f"overwrite=true (start over, deleting the run in output_dir={out}) and resume={resume} "
+                          "(continue it) contradict each other; drop one of them")
+    held = run_files(output_dir)
+    if held and not overwrite:
+        what = f"output_dir={out} already holds a run ({', '.join(held)})"
+        start_over = "start over with overwrite=true (deletes its metrics, config, checkpoints and final/)"
+        if resume is None:
+            hint = ("continue it with resume=auto, " if checkpoint.newest_state(output_dir) else
+                    "it has no checkpoint to continue from (trainer.save_steps=0 writes none); ")
+            raise ConfigError(f"{what}; {hint}{start_over}, or choose another output_dir")
+        if resume == "auto" and checkpoint.newest_state(output_dir) is None:
+            raise ConfigError(f"resume=auto: {what} but no checkpoint to continue from (trainer.save_steps=0 "
+                              f"writes none); nothing was changed: {start_over}, or choose another output_dir")
+        if source is not None and not _inside(source, output_dir):
+            raise ConfigError(f"resume={resume}: {what}, and a checkpoint of another folder would mix the two "
+                              f"runs; choose an empty output_dir, or {start_over}")
+    if resume is not None:
+        check_compatible(cfg, output_dir, source)
+
+
+def check_compatible(cfg, output_dir: Path, source: Path | None) -> None:
+    """The checkpoint to resume (``source``, or for ``resume=auto`` the newest in ``output_dir``) and
+    ``<output_dir>/config.yaml`` must have been written with the fields that make a resume valid
+    equal to this run's; else CheckpointError naming the field, the old and the new value."""
+    from omegaconf import OmegaConf
+
+    new = OmegaConf.to_container(cfg, resolve=True)
+    written = []
+    found = checkpoint.newest_state(output_dir) if source is None else checkpoint.read_state(source)
+    if found and isinstance(found[1].get("config"), dict):
+        written.append((found[0] / checkpoint.STATE_FILE, found[1]["config"]))
+    saved = output_dir / "config.yaml"
+    if saved.is_file() and not (source and not _inside(source, output_dir)):
+        try:
+            written.append((saved, OmegaConf.to_container(OmegaConf.load(saved))))
+        except Exception as exc:  # a YAML or OmegaConf error: one line
+            raise CheckpointError(f"{saved}: unreadable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                                  "it records the run this folder holds: restore it, or use another output_dir") from None
+    for where, old in written:
+        bad = checkpoint.mismatch(old, new)
+        if bad:
+            name, was, now = bad
+            raise CheckpointError(f"resume={cfg.resume}: {where} was written by a run with {name}={was!r}, this "
+                                  f"run has {name}={now!r}; a run resumes only with the same {name}: set it back, "
+                                  "or use another output_dir")
