@@ -37,7 +37,10 @@ TensorBoard:
   tensorboard [DIR] [--port N] [--host H]    serve DIR (default $OUTPUT_ROOT) on 127.0.0.1:6006
 Environment: TETHER_HEAD_DIR, TETHER_DASHBOARD_HOST, TETHER_DASHBOARD_PORT, TETHER_GCS_PORT,
 TETHER_CLIENT_PORT, TETHER_HEAD_NUM_CPUS, TETHER_OUTPUT_ROOT. Jobs get HF_HUB_OFFLINE (default 1),
-WANDB_MODE (offline unless WANDB_API_KEY is set) and TETHER_CACHE when set.
+WANDB_MODE (offline unless WANDB_API_KEY is set) and TETHER_CACHE when set. Secrets are never sent
+with a job (Ray writes a job's env vars to its logs): a job logs to wandb online when the Ray node
+running it has WANDB_API_KEY in its environment; \`head start\` passes on the one set here, and
+a remote cluster's nodes must be started with it (e.g. from a Kubernetes Secret or a file).
 EOF
 }
 
@@ -304,13 +307,14 @@ submit() {
   [[ -n "$submission_id" ]] || submission_id="tether-$stamp"
   use_token_auth
   resolve_address "$address" start
+  [[ -z "${WANDB_API_KEY:-}" ]] || note "WANDB_API_KEY is not sent with the job (secrets never go in runtime_env); the job logs to wandb online only if the Ray node running it has WANDB_API_KEY set"
   local runtime_env metadata
   { read -r runtime_env; read -r metadata; } < <(OUTPUT_DIR="$dir" python - <<'PY'
 import json, os
 e = os.environ
 env = {"HF_HUB_OFFLINE": e.get("HF_HUB_OFFLINE", "1"),
        "WANDB_MODE": e.get("WANDB_MODE") or ("online" if e.get("WANDB_API_KEY") else "offline"),
-       **{k: e[k] for k in ("WANDB_API_KEY", "TETHER_CACHE") if e.get(k)}}
+       **{k: e[k] for k in ("TETHER_CACHE",) if e.get(k)}}  # no secrets: Ray logs runtime_env env vars
 excludes = [".venv", ".git", "outputs", "multirun", "wandb", "__pycache__", "*.egg-info", ".pytest_cache", ".cache"]
 print(json.dumps({"excludes": excludes, "env_vars": env}))
 print(json.dumps({"project": "tether", "output_dir": e["OUTPUT_DIR"]}))

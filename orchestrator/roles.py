@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from orchestrator.batching import shard
 from orchestrator.errors import WorkerError
 from orchestrator.placement import Placement
-from orchestrator.runtime import wait, wait_timed
+from orchestrator.runtime import Secret, wait, wait_timed
 
 log = logging.getLogger("tether")
 WORKER_MODULES = {"TrainerRank": "workers.trainer", "RolloutWorker": "workers.rollout", "RewardWorker": "workers.reward",
@@ -47,7 +47,8 @@ class TrainerGroup:
     def __init__(self, role: str, model_path: str, cfg, placement: Placement, timeout_s: float, objective: str):
         self.role, self.timeout_s = role, timeout_s
         rank_cfg = {**_common(cfg), **OmegaConf.to_container(cfg.trainer),
-                    "algorithm": OmegaConf.to_container(cfg.algorithm), "objective": objective}
+                    "algorithm": OmegaConf.to_container(cfg.algorithm) if cfg.algorithm is not None else {},
+                    "objective": objective}
         n = cfg.trainer.num_ranks
         tag = uuid.uuid4().hex[:6]
         self.ranks = [
@@ -213,10 +214,10 @@ class RLHFRoles:
         self.rollouts = RolloutPool(cfg, model_path, placement, tag)
         self.rollout = self.rollouts.actors
         reward_cfg = {**_common(cfg), **OmegaConf.to_container(cfg.reward), "max_length": cfg.rollout.max_model_len}
-        token_env = {cfg.reward.remote_token_env: os.environ.get(cfg.reward.remote_token_env, "")}
-        self.reward = (remote_class("RewardWorker").options(name=f"reward-{tag}", **restart, **placement.options("reward"),
-                                                        runtime_env={"env_vars": token_env})
-                       .remote(reward_cfg))
+        # the token is a constructor argument, never a runtime_env env var (Ray logs those)
+        token = Secret(os.environ.get(cfg.reward.remote_token_env, "")) if cfg.reward.remote_url else None
+        self.reward = (remote_class("RewardWorker").options(name=f"reward-{tag}", **restart, **placement.options("reward"))
+                       .remote(reward_cfg, token))
         self.reference = reference_actor(cfg, model_path, placement)
         self.policy = TrainerGroup("policy", model_path, cfg, placement, t, "ppo")
         self.critic = (TrainerGroup("critic", model_path, cfg, placement, t, "value")

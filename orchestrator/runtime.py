@@ -1,9 +1,14 @@
 """Ray session set-up and bounded remote waits.
 
 ``start_ray`` connects to ``cluster.address`` (or ``$RAY_ADDRESS``) or starts a local Ray bound to
-127.0.0.1. ``wait`` is the one place the driver blocks on actors: every wait has a timeout and
-an error naming what it waited for, and a user-facing error raised inside an actor comes back
-as the same one-line error.
+127.0.0.1; a local Ray is watched by a small process that ends what is left of it (Ray's agents
+outlive a driver killed with SIGKILL) once the driver is gone. ``wait`` is the one place the
+driver blocks on actors: every wait has a timeout and an error naming what it waited for, and a
+user-facing error raised inside an actor comes back as the same one-line error.
+
+Secrets (the reward server's token, ``WANDB_API_KEY``) never go into ``runtime_env`` env vars:
+Ray writes those in plain text to its session logs. Only the driver logs to wandb; an actor that
+needs a secret gets it as a ``Secret`` constructor argument.
 """
 
 from __future__ import annotations
@@ -11,35 +16,122 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 
 import ray
 
+from orchestrator import quiet
 from orchestrator.errors import ResourceError, TetherError, WorkerDied, WorkerError
 from orchestrator.models import default_cache_dir
 
+# Every actor's environment: offline, plus (``quiet.actor_env()``, see actor_env) the variables that
+# hide the libraries' notices unless ``logger.verbose``.
 QUIET_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
-    "VLLM_LOGGING_LEVEL": "ERROR",
-    "TRANSFORMERS_VERBOSITY": "error",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "VLLM_CONFIGURE_LOGGING": "1",
-    "PYTHONWARNINGS": "ignore",
 }
 
 
+class Secret:
+    """A string that is not shown by ``repr``/``str`` (so not in a log or an error by accident);
+    ``reveal()`` returns it. Passed to an actor as a constructor argument, it travels in Ray's
+    task spec, which Ray does not write to its logs, unlike ``runtime_env`` env vars."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself."""
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret(****)"
+
+    __str__ = __repr__
+
+
 def actor_env() -> dict:
-    """Environment variables every actor of a run gets."""
+    """Environment variables every actor of a run gets (through Ray's ``runtime_env``, which Ray
+    logs: nothing secret goes here, in particular not ``WANDB_API_KEY``: actors do not log to wandb)."""
     cache = default_cache_dir()
-    env = dict(QUIET_ENV)
+    env = {**QUIET_ENV, **quiet.actor_env()}
     env.setdefault("TETHER_CACHE", str(cache))
     env["TORCH_EXTENSIONS_DIR"] = os.environ.get("TORCH_EXTENSIONS_DIR", str(cache / "torch_extensions"))
     env["VLLM_CACHE_ROOT"] = os.environ.get("VLLM_CACHE_ROOT", str(cache / "vllm"))
-    for key in ("WANDB_API_KEY", "WANDB_MODE"):
-        if key in os.environ:
-            env[key] = os.environ[key]
+    if "WANDB_MODE" in os.environ:
+        env["WANDB_MODE"] = os.environ["WANDB_MODE"]
     return env
+
+
+# Run by ``sys.executable -c`` with the driver's pid, the Ray session name, node id and Ray's package
+# folder: waits until the driver is gone (this process is re-parented), then ends every Ray process
+# (``ray::*``, or run from Ray's package folder; never a user's ``tail -f`` of a log) of that
+# session: those whose command line names the session, that hold a file of the session folder open
+# (its logs), or whose environment holds its node id. Ray's agents rename themselves
+# (``ray::DashboardAgent``), which also overwrites what /proc shows of their environment: their
+# open log files find them. SIGTERM, then SIGKILL after 5 s.
+WATCHDOG = r"""# tether: the watchdog of a local Ray (orchestrator/runtime.py)
+import os, signal, sys, time
+driver, session, node, ray_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3].encode(), sys.argv[4].encode()
+while os.getppid() == driver:
+    time.sleep(0.5)
+def of_session(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read()
+        if not (cmd.startswith(b"ray::") or ray_dir in cmd):
+            return False
+        if session and session.encode() in cmd:
+            return True
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            if node and b"\0RAY_NODE_ID=" + node + b"\0" in b"\0" + f.read() + b"\0":
+                return True
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            if session and session in os.readlink(f"/proc/{pid}/fd/{fd}"):
+                return True
+    except OSError:
+        pass
+    return False
+start = time.monotonic()
+while time.monotonic() - start < 30:
+    pids = [int(d) for d in os.listdir("/proc") if d.isdigit() and int(d) != os.getpid() and of_session(d)]
+    if not pids:
+        break
+    sig = signal.SIGKILL if time.monotonic() - start > 5 else signal.SIGTERM
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
+    time.sleep(0.5)
+"""
+
+
+def watch_local_ray() -> subprocess.Popen | None:
+    """Start the watchdog (``WATCHDOG``) of the local Ray this process started; None where there is
+    no ``/proc`` to find the session's processes in."""
+    if not os.path.isdir("/proc"):
+        return None
+    node = getattr(ray._private.worker, "_global_node", None)  # the local node this driver started
+    session = getattr(node, "session_name", "") or ""
+    node_id = ray.get_runtime_context().get_node_id() or ""
+    ray_dir = os.path.dirname(os.path.abspath(ray.__file__))
+    proc = subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()), session, node_id, ray_dir],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # out of the driver's process group: Ctrl-C spares it
+    _WATCHDOGS.append(proc)  # kept: it outlives this process on purpose
+    return proc
+
+
+_WATCHDOGS: list[subprocess.Popen] = []
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -79,6 +171,7 @@ def start_ray(cluster_cfg) -> str | None:
     else:
         context = ray.init(address="local", num_cpus=cluster_cfg.num_cpus, include_dashboard=cluster_cfg.dashboard,
                            dashboard_host="127.0.0.1", **kwargs)
+        watch_local_ray()
     return getattr(context, "dashboard_url", None) or None
 
 

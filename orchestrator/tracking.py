@@ -49,7 +49,11 @@ def _json_safe(value: Any) -> Any:
 
 
 def wandb_mode() -> str:
-    """Return "online" when ``WANDB_API_KEY`` is set, else "offline"."""
+    """``WANDB_MODE`` when it says offline / disabled / online; else "online" when ``WANDB_API_KEY``
+    is set and "offline" when it is not."""
+    mode = os.environ.get("WANDB_MODE", "").strip().lower()
+    if mode in ("offline", "disabled", "online"):
+        return mode
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
 
 
@@ -146,6 +150,22 @@ class Tracker:
             for key, value in values.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     self._writer.add_scalar(key, value, step)
+            self._writer.flush()
+
+    def summarize(self, step: int, metrics: dict[str, float], path: str) -> None:
+        """Record a run's closing results (not a step's): the JSON object ``path`` (written atomically),
+        the wandb run's summary, and TensorBoard scalars at ``step`` (the last step)."""
+        values = {str(k): _to_python(v) for k, v in metrics.items()}
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump({k: _json_safe(v) for k, v in values.items()}, fh, indent=1)
+        os.replace(tmp, path)
+        if self._run is not None:
+            self._run.summary.update(values)
+        if self._writer is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._writer.add_scalar(key, value, int(step))
             self._writer.flush()
 
     def locations(self) -> dict[str, str]:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
+import threading
 import subprocess
 import sys
-import threading
 
 import pytest
 
 from orchestrator.errors import ConfigError, RewardError
 from orchestrator.reward_server import RewardServerConfig
 from orchestrator.rewards.remote import make_server, remote_scores
+from orchestrator.runtime import Secret
 from tests.conftest import ROOT
 from workers.reward import RewardWorker
 
@@ -22,9 +25,7 @@ def _lengths(prompts, responses):
 
 @pytest.fixture
 def server():
-    srv = make_server(_lengths, "test:_lengths", token="s3cret")
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
+    srv = make_server(_lengths, "test:_lengths", token="s3cret").start()
     yield f"http://127.0.0.1:{srv.server_address[1]}/score", srv
     srv.shutdown()
 
@@ -51,7 +52,6 @@ def test_unreachable_server_fails_fast(server):
     _, srv = server
     port = srv.server_address[1]
     srv.shutdown()
-    srv.server_close()
     with pytest.raises(RewardError, match="did not answer"):
         remote_scores(f"http://127.0.0.1:{port}/score", "s3cret", ["p"], ["a"], 2)
 
@@ -66,13 +66,48 @@ def test_server_needs_a_token():
 
 
 def test_reward_worker_adds_the_remote_part(server, monkeypatch, tmp_path):
+    """The token comes as a constructor argument (a Secret), not from the worker's environment."""
     url, _ = server
-    monkeypatch.setenv("TETHER_REWARD_TOKEN", "s3cret")
+    monkeypatch.delenv("TETHER_REWARD_TOKEN", raising=False)
     fn = tmp_path / "one.py"
     fn.write_text("def one(prompts, responses):\n    return [1.0] * len(responses)\n")
     worker = RewardWorker({"seed": 0, "device": "cpu", "dtype": "float32", "trust_remote_code": False,
                            "torch_threads": 1, "function": f"{fn}:one", "function_weight": 1.0, "model_path": None,
                            "remote_url": url, "remote_weight": 0.5, "remote_token_env": "TETHER_REWARD_TOKEN",
-                           "remote_timeout_s": 5})
+                           "remote_timeout_s": 5}, Secret("s3cret"))
+    assert "s3cret" not in repr(worker.token) + str(worker.token)
     out = worker.score(["p", "q"], ["ab", "abcd"])
     assert out["reward/remote"] == [2.0, 4.0] and out["reward"] == [2.0, 3.0]
+
+
+class _BadReplies(http.server.BaseHTTPRequestHandler):
+    """A misbehaving third-party reward server: answers 200 with the reply named by the path."""
+
+    REPLIES = {"/dict": {"rewards": {"a": 1.0, "b": 2.0}}, "/strings": {"rewards": ["1", "2"]},
+               "/short": {"rewards": [1.0]}, "/none": {"scores": [1.0, 2.0]}, "/nan": {"rewards": [1.0, float("nan")]}}
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.dumps(self.REPLIES[self.path]).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("path,expected", [("/dict", "got dict"), ("/strings", "got a str at index 0"),
+                                           ("/short", "returned 1 scores for 2"), ("/none", "no 'rewards'"),
+                                           ("/nan", "non-finite")])
+def test_client_checks_the_reply(path, expected):
+    srv = http.server.HTTPServer(("127.0.0.1", 0), _BadReplies)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}{path}"
+        with pytest.raises(RewardError) as info:
+            remote_scores(url, "t", ["p", "q"], ["a", "b"], 5)
+        assert expected in str(info.value) and url in str(info.value) and "\n" not in str(info.value)
+    finally:
+        srv.shutdown()

@@ -22,10 +22,13 @@ def quiet_wandb(tmp_path, monkeypatch):
 
 
 def test_wandb_mode_follows_api_key(monkeypatch):
-    """wandb runs online only when WANDB_API_KEY is set."""
+    """wandb runs online only when WANDB_API_KEY is set, unless WANDB_MODE says otherwise."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
     assert wandb_mode() == "offline"
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     assert wandb_mode() == "online"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert wandb_mode() == "offline"
 
 
 def test_metrics_jsonl_only(tmp_path):

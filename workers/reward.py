@@ -4,6 +4,9 @@ reward server (``orchestrator.rewards.remote``), or a weighted sum of them.
 The reward model is any local HF sequence-classification folder with one output (the
 ``pipeline=rm`` output). With several sources the reward is the weighted sum
 ``function_weight * f + model_weight * rm + remote_weight * remote``; each part is also returned.
+
+The reward server's token comes as a constructor argument (a ``Secret``, through Ray's task spec),
+never through ``runtime_env`` env vars, which Ray writes to its session logs.
 """
 
 from __future__ import annotations
@@ -13,20 +16,24 @@ import uuid
 
 import torch
 
+from orchestrator.batching import pad_token_id
 from orchestrator.preference_data import reward_text
-from orchestrator.rewards.loader import call_reward_function, load_reward_function
+from orchestrator.rewards.loader import DEFAULT_IMPORT_TIMEOUT_S, call_reward_function, load_reward_function
 from orchestrator.rewards.remote import remote_scores
+from orchestrator.runtime import Secret
 from workers.common import DTYPES, device_for, setup_process
 
 
 class RewardWorker:
     """One reward actor."""
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: dict, token: Secret | None = None):
         setup_process(cfg["seed"], cfg.get("torch_threads"))
         self.cfg = cfg
+        self.token = token  # the reward server's bearer token (remote_url)
         self.incarnation = uuid.uuid4().hex  # new after every restart by Ray
-        self.fn = load_reward_function(cfg["function"]) if cfg.get("function") else None
+        timeout = cfg.get("import_timeout_s") or DEFAULT_IMPORT_TIMEOUT_S
+        self.fn = load_reward_function(cfg["function"], timeout) if cfg.get("function") else None
         self.model = None
         if cfg.get("model_path"):
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -38,6 +45,8 @@ class RewardWorker:
             ).to(device_for(cfg["device"])).eval()
             if self.tokenizer.pad_token is None:
                 self.tokenizer.pad_token = self.tokenizer.eos_token
+            # the model scores the last token that is not config.pad_token_id: the id the batches are padded with
+            self.model.config.pad_token_id = pad_token_id(self.tokenizer)
 
     def ready(self) -> str:
         """This process's incarnation id, once loaded (a new id means Ray restarted it)."""
@@ -52,7 +61,7 @@ class RewardWorker:
             parts["reward/function"] = f
             total = [t + self.cfg["function_weight"] * s for t, s in zip(total, f)]
         if self.cfg.get("remote_url"):
-            token = os.environ.get(self.cfg["remote_token_env"], "")
+            token = self.token.reveal() if self.token else os.environ.get(self.cfg["remote_token_env"], "")
             r = remote_scores(self.cfg["remote_url"], token, prompts, responses, self.cfg["remote_timeout_s"])
             parts["reward/remote"] = r
             total = [t + self.cfg["remote_weight"] * s for t, s in zip(total, r)]

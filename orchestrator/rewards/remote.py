@@ -5,19 +5,29 @@ Protocol: ``POST /score`` with ``Authorization: Bearer <token>`` and JSON
 response) or ``{"error": "..."}`` with status 400. A wrong or missing token gets 401.
 ``GET /health`` answers 200. The server refuses to start without a token and binds 127.0.0.1
 unless told otherwise.
+
+The server is uvicorn (ASGI, one event loop; the reward function runs in a thread pool) with every
+input bounded: a body over ``max_body_bytes`` gets 413 (checked on Content-Length and while it
+streams in); malformed or too deeply nested JSON gets 400 with a one-line error; a connection
+whose request is not fully received within ``read_timeout_s`` is closed; at most
+``max_connections`` connections and requests are served at once (503 beyond), so idle or half-sent
+requests cost no thread and cannot starve ``/health``.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import socket
+import threading
+import time
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from typing import Callable
 
 from orchestrator.errors import ConfigError, RewardError
-from orchestrator.rewards.loader import call_reward_function
+from orchestrator.rewards.loader import call_reward_function, check_scores
 
 
 def remote_scores(url: str, token: str, prompts: list[str], responses: list[str], timeout_s: float) -> list[float]:
@@ -36,9 +46,11 @@ def remote_scores(url: str, token: str, prompts: list[str], responses: list[str]
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise RewardError(f"reward server {url} did not answer (within {timeout_s:g}s): {reason}") from None
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise RewardError(f"reward server {url} sent invalid JSON: {exc}") from None
-    return call_reward_function(lambda p, r: data.get("rewards"), f"at {url}", prompts, responses)
+    if not isinstance(data, dict) or "rewards" not in data:
+        raise RewardError(f"reward server {url} sent no 'rewards' list (got {type(data).__name__})")
+    return check_scores(data["rewards"], len(responses), f"reward server {url}")
 
 
 def check_remote_config(url: str, token: str | None, token_env: str) -> None:
@@ -50,37 +62,173 @@ def check_remote_config(url: str, token: str | None, token_env: str) -> None:
                           "(reward.remote_token_env); the reward server requires a token")
 
 
-def make_server(fn: Callable, spec: str, token: str, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
-    """An HTTP server scoring with ``fn``; call ``serve_forever()`` on it (``port=0``: any free port)."""
+# ---- the server --------------------------------------------------------------------------------
+@dataclass
+class ServerLimits:
+    """Bounds on what one client can make the server hold."""
+
+    max_body_bytes: int = 4 * 1024 * 1024  # larger request bodies get 413
+    read_timeout_s: float = 5.0  # a request not fully received by then: connection closed
+    max_connections: int = 512  # connections + requests served at once (uvicorn limit_concurrency)
+    keep_alive_s: int = 5  # idle keep-alive connections are closed after this
+
+
+def _timed_h11(read_timeout_s: float):
+    """uvicorn's h11 protocol with a deadline on receiving each request (headers and body).
+
+    uvicorn bounds only idle keep-alive time; a client that sends half a request would otherwise
+    hold its connection open forever.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class TimedH11Protocol(H11Protocol):
+        _deadline = None
+
+        def _arm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._deadline = self.loop.call_later(read_timeout_s, self._read_timed_out)
+
+        def _read_timed_out(self) -> None:
+            self._deadline = None
+            if self.conn.their_state not in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED) and not self.transport.is_closing():
+                self.transport.close()  # the app, if it is reading the body, sees a disconnect
+
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()  # the next request on this connection gets its own deadline
+
+        def connection_lost(self, exc) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+            super().connection_lost(exc)
+
+    return TimedH11Protocol
+
+
+def _request_lists(data) -> tuple[list[str], list[str]]:
+    """``prompts`` and ``responses`` of a request body; ValueError saying what is wrong."""
+    if not isinstance(data, dict):
+        raise ValueError(f"the body must be a JSON object with prompts and responses, got {type(data).__name__}")
+    lists = []
+    for key in ("prompts", "responses"):
+        value = data.get(key)
+        if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+            raise ValueError(f"'{key}' must be a list of strings")
+        lists.append(value)
+    if len(lists[0]) != len(lists[1]):
+        raise ValueError(f"{len(lists[0])} prompts but {len(lists[1])} responses")
+    return lists[0], lists[1]
+
+
+def make_app(fn: Callable, spec: str, token: str, limits: ServerLimits):
+    """The Starlette app serving ``POST /score`` and ``GET /health``."""
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    expected = f"Bearer {token}".encode()
+    max_bytes = limits.max_body_bytes
+    too_large = f"request body over {max_bytes} bytes (max_body_bytes)"
+
+    def error(code: int, message: str, close: bool = False) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=code, headers={"Connection": "close"} if close else None)
+
+    async def health(request):
+        return JSONResponse({"ok": True})
+
+    async def score(request):
+        sent = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(sent, expected):
+            return error(401, "missing or wrong token", close=True)
+        length = request.headers.get("content-length")
+        if length is not None and not length.isdigit():
+            return error(400, "bad Content-Length", close=True)
+        if length is not None and int(length) > max_bytes:
+            return error(413, too_large, close=True)  # refused before a byte of the body is read
+        body = bytearray()
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > max_bytes:  # chunked bodies declare no length
+                    return error(413, too_large, close=True)
+        except ClientDisconnect:
+            return error(400, "the client went away before sending the whole body", close=True)
+        try:
+            prompts, responses = _request_lists(json.loads(body))
+        except RecursionError:
+            return error(400, "invalid JSON: nested too deeply")
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            return error(400, f"invalid request: {exc}".splitlines()[0])
+        try:
+            rewards = await run_in_threadpool(call_reward_function, fn, spec, prompts, responses)
+        except RewardError as exc:
+            return error(400, str(exc).splitlines()[0])
+        return JSONResponse({"rewards": rewards})
+
+    async def http_error(request, exc: HTTPException):
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+
+    return Starlette(routes=[Route("/score", score, methods=["POST"]), Route("/health", health, methods=["GET"])],
+                     exception_handlers={HTTPException: http_error})
+
+
+class RewardServer:
+    """A bound reward server: ``serve_forever()`` in this thread, or ``start()`` one in the
+    background; ``shutdown()`` stops it. ``server_address`` is ``(host, port)``."""
+
+    def __init__(self, app, host: str, port: int, limits: ServerLimits):
+        import uvicorn
+
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.socket = socket.create_server((host, port), family=family, backlog=2048)
+        self.server_address = self.socket.getsockname()[:2]
+        config = uvicorn.Config(app, http=_timed_h11(limits.read_timeout_s), ws="none", lifespan="off",
+                                limit_concurrency=limits.max_connections, timeout_keep_alive=limits.keep_alive_s,
+                                h11_max_incomplete_event_size=64 * 1024, access_log=False, log_level="warning",
+                                server_header=False)
+        self.server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
+
+    def serve_forever(self) -> None:
+        """Serve until ``shutdown()`` or SIGINT / SIGTERM (in the main thread)."""
+        self.server.run(sockets=[self.socket])
+
+    def start(self, timeout_s: float = 30.0) -> "RewardServer":
+        """Serve in a daemon thread; returns once the server accepts connections."""
+        self._thread = threading.Thread(target=self.serve_forever, name="reward-server", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RewardError(f"the reward server did not start within {timeout_s:g}s")
+            time.sleep(0.02)
+        return self
+
+    def shutdown(self) -> None:
+        """Stop serving and release the port."""
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.socket.close()
+
+
+def make_server(fn: Callable, spec: str, token: str, host: str = "127.0.0.1", port: int = 0,
+                limits: ServerLimits | None = None) -> RewardServer:
+    """A reward server scoring with ``fn`` (``port=0``: any free port); see ``RewardServer``."""
     if not token:
         raise ConfigError("the reward server needs a token: set the variable named by token_env")
-
-    class Handler(BaseHTTPRequestHandler):
-        def _send(self, code: int, payload: dict) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self):  # noqa: N802 (http.server naming)
-            self._send(200, {"ok": True}) if self.path == "/health" else self._send(404, {"error": "not found"})
-
-        def do_POST(self):  # noqa: N802
-            if self.path != "/score":
-                return self._send(404, {"error": "not found"})
-            sent = self.headers.get("Authorization", "")
-            if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
-                return self._send(401, {"error": "missing or wrong token"})
-            try:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                rewards = call_reward_function(fn, spec, body["prompts"], body["responses"])
-            except (ValueError, KeyError, TypeError, RewardError) as exc:
-                return self._send(400, {"error": str(exc)})
-            self._send(200, {"rewards": rewards})
-
-        def log_message(self, *args) -> None:  # quiet: one line per request is noise at RL rates
-            pass
-
-    return ThreadingHTTPServer((host, port), Handler)
+    limits = limits or ServerLimits()
+    for name in ("max_body_bytes", "read_timeout_s", "max_connections", "keep_alive_s"):
+        if getattr(limits, name) <= 0:
+            raise ConfigError(f"{name}={getattr(limits, name)} must be > 0")
+    return RewardServer(make_app(fn, spec, token, limits), host, port, limits)
