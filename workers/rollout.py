@@ -14,12 +14,13 @@ import uuid
 
 import torch
 
+from orchestrator import quiet
 from workers.common import DTYPES, device_for, load_causal_lm, setup_process
 
 
 def vllm_env(cfg: dict) -> dict:
     """Environment variables the vLLM actor needs (engine in-process, quiet, bounded KV cache)."""
-    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": "ERROR", "TOKENIZERS_PARALLELISM": "false"}
+    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false"}  # log level: orchestrator/quiet.py
     if cfg["device"] == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(cfg["kv_cache_gib"])))
     return env
@@ -46,6 +47,7 @@ class RolloutWorker:
                 trust_remote_code=cfg["trust_remote_code"],
                 load_format="safetensors",
                 worker_extension_cls="workers.vllm_weight_ext.WeightSyncExtension",
+                use_tqdm_on_load=quiet.verbose(),
             )
             if cfg["device"] == "cpu":
                 # A prefill split over engine steps rewinds the request's seeded generator, which a CPU
