@@ -8,6 +8,13 @@ from __future__ import annotations
 import torch
 
 
+def pad_token_id(tokenizer) -> int:
+    """The id every batch is padded with: the tokenizer's pad token, else its eos token. A
+    sequence-classification model (reward model) must be given the same id as
+    ``config.pad_token_id``: it scores the last token that is not this id."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def pack_samples(samples: list[dict], pad_id: int, temperature: float = 1.0) -> dict:
     """Pack ``[{"prompt_ids", "response_ids"}, ...]`` into a batch dict of tensors (plus the
     sampling ``temperature``, which log-prob computations divide the logits by)."""
@@ -45,3 +52,10 @@ def with_fields(batch: dict, **fields) -> dict:
     out = dict(batch)
     out.update(fields)
     return out
+
+
+def flatten_pairs(batch: dict) -> dict:
+    """A pair batch (tensors ``[B, 2, ...]``: chosen at ``[:, 0]``, rejected at ``[:, 1]``) as ``[2B, ...]``
+    rows in the order chosen_0, rejected_0, chosen_1, ...; plain values are kept."""
+    return {k: (v.reshape(-1, *v.shape[2:]) if isinstance(v, torch.Tensor) and v.dim() >= 2 else v)
+            for k, v in batch.items()}

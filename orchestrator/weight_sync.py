@@ -1,13 +1,14 @@
 """Weight sync: policy trainer rank 0 -> every rollout engine, after each policy update.
 
-Two implementations behind one ``push()``:
+``WeightSync.push()`` is the one call a pipeline makes; it picks the transport:
 
 - ``ObjectStoreSync`` (CPU, and the ``hf`` backend anywhere): rank 0 gathers the full weights
   (ZeRO-3 included), puts them in the Ray object store once, and every engine loads them
   (vLLM: the worker's ``reload_weights`` then a prefix-cache reset).
 - ``NcclSync`` (GPU with vLLM): one NCCL group made of trainer rank 0 and every engine's
   workers; rank 0 broadcasts each tensor and the engines load them as they arrive
-  (``workers.vllm_weight_ext``).
+  (``workers.vllm_weight_ext``). A restarted engine is not in that group: after Ray restarts a
+  rollout engine the sync falls back to the object store by itself.
 """
 
 from __future__ import annotations
@@ -64,9 +65,24 @@ class NcclSync:
         wait(senders + receivers, "weight_sync.broadcast", self.timeout_s)
 
 
-def make_weight_sync(cfg, policy: TrainerGroup, engines: list):
-    """The sync that fits the config: NCCL for vLLM on GPU, the object store otherwise."""
+class WeightSync:
+    """Policy weights to the rollout engines of a ``RolloutPool``, by NCCL or the object store; it
+    notices engine restarts (``rollouts.restarts``) and then leaves NCCL for the object store."""
+
+    def __init__(self, policy: TrainerGroup, rollouts, transport):
+        self.rollouts, self.transport, self.restarts_seen = rollouts, transport, rollouts.restarts
+
+    def push(self) -> None:
+        """Send the current policy weights to every engine and wait until all have them."""
+        if self.rollouts.restarts > self.restarts_seen:
+            self.transport, self.restarts_seen = self.transport.on_restart(), self.rollouts.restarts
+        self.transport.push()
+
+
+def make_weight_sync(cfg, policy: TrainerGroup, rollouts, nccl: bool = True) -> WeightSync:
+    """The sync that fits the config: NCCL for vLLM on GPU (unless ``nccl=False``), the object store
+    otherwise."""
     timeout = cfg.cluster.call_timeout_s
-    if cfg.device == "cuda" and cfg.rollout.backend == "vllm":
-        return NcclSync(policy, engines, cfg.rollout.tensor_parallel_size, timeout)
-    return ObjectStoreSync(policy, engines, timeout)
+    if nccl and cfg.device == "cuda" and cfg.rollout.backend == "vllm":
+        return WeightSync(policy, rollouts, NcclSync(policy, rollouts.actors, cfg.rollout.tensor_parallel_size, timeout))
+    return WeightSync(policy, rollouts, ObjectStoreSync(policy, rollouts.actors, timeout))

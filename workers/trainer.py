@@ -16,24 +16,30 @@ from datetime import timedelta
 
 import torch
 
+from orchestrator import quiet
 from workers.common import DTYPES, batched_logprobs, device_for, disable_dropout, setup_process, split_batch, to_device
 from workers.objectives import OBJECTIVES, values
 from workers.safe_torch_load import use_safe_loading
 
 
-def deepspeed_config(cfg: dict, per_rank_mini: int, lr: float) -> dict:
+def warmup_schedule(warmup_steps: int):
+    """``optimizer -> LambdaLR``: optimizer step k (1-based) uses lr * min(1, k / warmup_steps), so the
+    first step already learns (lr / N) and step N reaches lr; constant after. DeepSpeed steps it after
+    every optimizer step."""
+
+    def make(optimizer):
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: min(1.0, (done + 1) / warmup_steps))
+
+    return make
+
+
+def deepspeed_config(cfg: dict, per_rank_mini: int) -> dict:
     """DeepSpeed config for one optimizer step per mini-batch of ``per_rank_mini`` rows per rank."""
     micro = min(cfg["micro_batch_size"], per_rank_mini)
     zero = {"stage": cfg["zero_stage"]}
     if cfg["zero_stage"] == 3:
         zero.update(stage3_param_persistence_threshold=0, stage3_prefetch_bucket_size=0)
-    extra = {}
-    if cfg["lr_warmup_steps"] > 0:  # linear warm-up over optimizer steps, then constant
-        extra["scheduler"] = {"type": "WarmupLR", "params": {
-            "warmup_min_lr": 0.0, "warmup_max_lr": lr, "warmup_num_steps": cfg["lr_warmup_steps"],
-            "warmup_type": "linear"}}
     return {
-        **extra,
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": max(1, per_rank_mini // micro),
         "gradient_clipping": cfg["grad_clip"],
@@ -70,18 +76,21 @@ class TrainerRank:
                           WORLD_SIZE=str(self.world_size), LOCAL_RANK=local_rank)
         import deepspeed
 
-        deepspeed.init_distributed(dist_backend="nccl" if cfg["device"] == "cuda" else "gloo",
-                                   timeout=timedelta(seconds=cfg["dist_timeout_s"]))
+        with quiet.hide_prints():  # DeepSpeed prints that its shm op was built
+            deepspeed.init_distributed(dist_backend="nccl" if cfg["device"] == "cuda" else "gloo",
+                                       timeout=timedelta(seconds=cfg["dist_timeout_s"]))
         self.per_rank_mini = cfg["mini_batch_size"] // self.world_size
         lr = cfg["critic_lr" if self.role == "critic" else "lr"]
-        ds_config = deepspeed_config(cfg, self.per_rank_mini, lr)
+        ds_config = deepspeed_config(cfg, self.per_rank_mini)
         if cfg["zero_stage"] == 3:  # must exist before the model is built, or HF init is skipped
             from transformers.integrations import HfDeepSpeedConfig
 
             self._hf_ds = HfDeepSpeedConfig(ds_config)
         model = self._build_model(self.model_path)
         optim = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg["weight_decay"])
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optim, config=ds_config)
+        schedule = warmup_schedule(cfg["lr_warmup_steps"]) if cfg["lr_warmup_steps"] > 0 else None
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optim, config=ds_config,
+                                                                 lr_scheduler=schedule)
         use_safe_loading(self.engine)  # checkpoint files are read with torch.load(weights_only=True)
         return rank
 
@@ -94,9 +103,13 @@ class TrainerRank:
         heads = {"value": AutoModelForTokenClassification, "reward_model": AutoModelForSequenceClassification}
         objective = self.cfg["objective"]
         if objective in heads:
+            from transformers import AutoTokenizer
+
+            from orchestrator.batching import pad_token_id
+
             model = heads[objective].from_pretrained(path, num_labels=1, **kwargs)
-            if model.config.pad_token_id is None:
-                model.config.pad_token_id = model.config.eos_token_id
+            # batches are padded with this id; a sequence-classification head scores the last other token
+            model.config.pad_token_id = pad_token_id(AutoTokenizer.from_pretrained(path))
         else:
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         return disable_dropout(model)  # RL ratios and value targets assume a deterministic forward
@@ -172,9 +185,11 @@ class TrainerRank:
                     self.engine.zero_grad()
                     skipped += 1
                     continue
+                lr = self.engine.get_lr()[0]  # the rate this update uses (the schedule moves after the step)
                 self.engine.step()
                 norm = self.engine.get_global_grad_norm()
                 for stats in window_stats:
+                    stats["lr"] = lr
                     if norm is not None:
                         stats["grad_norm"] = float(norm)
                     for k, v in stats.items():

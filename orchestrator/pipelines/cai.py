@@ -7,7 +7,8 @@ Stage 1, as on paper:
      next user turn), then rewrites it (the revision request);
   3. SFT on (prompt, last revision) for ``trainer.max_steps`` steps, one optimizer step each; the rows,
      with every critique, are kept in ``<output_dir>/cai/revisions.jsonl``.
-Stage 2, after the last SFT step:
+Stage 2, after the last SFT step (its numbers: ``<output_dir>/cai/summary.json``, the wandb summary,
+TensorBoard at the last step):
   4. the fine-tuned weights go to the rollout engines, which sample ``cai.feedback_samples`` responses
      per prompt; consecutive samples form pairs;
   5. the feedback model (``cai.feedback.model_path``, by default the initial model) answers a principle's
@@ -35,13 +36,14 @@ from orchestrator.algorithms.feedback import first_preferred_probability, positi
 from orchestrator.batching import pack_samples
 from orchestrator.data import load_prompt_rows, render_prompt
 from orchestrator.errors import ConfigError, DataError
+from orchestrator.inputs import load_train_and_held_out, resolve_data_path
 from orchestrator.pipelines.offline import encode_both, fit
 from orchestrator.placement import cai_roles
 from orchestrator.preference_data import encode_sft, prompt_text
 from orchestrator.roles import RolloutPool, TrainerGroup, feedback_actor
-from orchestrator.run import RunContext, load_train_and_held_out, resolve_data_path
+from orchestrator.run import RunContext
 from orchestrator.runtime import wait
-from orchestrator.weight_sync import ObjectStoreSync
+from orchestrator.weight_sync import make_weight_sync
 
 log = logging.getLogger("tether")
 
@@ -151,16 +153,17 @@ def run(cfg) -> dict:
             raise DataError(f"only {len(ctx.train_rows)} prompts got a non-empty revision, fewer than "
                             f"trainer.mini_batch_size={cfg.trainer.mini_batch_size}; raise rollout.max_new_tokens or add prompts")
         train, held_out_rows = encode_both(ctx, encode_sft, max_prompt_tokens=cfg.data.max_prompt_tokens)
-        sync = ObjectStoreSync(policy, rollouts.actors, t)  # one push per run: no NCCL group is worth setting up
-
-        def ai_feedback() -> dict:
-            with ctx.phase("weight_sync"):
-                sync.push()
-            pairs, stats = label_pairs(ctx, rollouts, feedback, revised, principles, random.Random(cfg.seed + 1))
-            write_jsonl(stage_dir / "preferences.jsonl", pairs)
-            log.info("cai: %d labelled pairs in %s", len(pairs), stage_dir / "preferences.jsonl")
-            return {**stats, "cai/revised_prompts": len(revised),
-                    "cai/revision_changed": sum(r["response"] != r["initial"] for r in revised) / len(revised)}
-
         eval_batch = pack_samples(held_out_rows, ctx.pad_id) if held_out_rows else None
-        return fit(ctx, policy, "policy", train, eval_batch, lambda rows: pack_samples(rows, ctx.pad_id), ai_feedback)
+        metrics = fit(ctx, policy, "policy", train, eval_batch, lambda rows: pack_samples(rows, ctx.pad_id))
+
+        # stage 2: the fine-tuned policy samples pairs, the feedback model labels them
+        with ctx.phase("weight_sync"):  # one push per run: no NCCL group is worth setting up
+            make_weight_sync(cfg, policy, rollouts, nccl=False).push()
+        pairs, stats = label_pairs(ctx, rollouts, feedback, revised, principles, random.Random(cfg.seed + 1))
+        write_jsonl(stage_dir / "preferences.jsonl", pairs)
+        log.info("cai: %d labelled pairs in %s", len(pairs), stage_dir / "preferences.jsonl")
+        stage2 = {**stats, "cai/revised_prompts": len(revised), **ctx.times,
+                  "cai/revision_changed": sum(r["response"] != r["initial"] for r in revised) / len(revised)}
+        ctx.times = {}
+        ctx.summarize("cai/summary.json", stage2)
+        return {**metrics, **stage2}

@@ -21,12 +21,12 @@ import ray
 import torch
 
 from orchestrator.algorithms import needs_reference
+from orchestrator.batching import flatten_pairs
 from orchestrator.pipelines.offline import encode_both, fit, load_pair_data, trainer_roles
 from orchestrator.preference_data import encode_pairs, pack_pairs
 from orchestrator.roles import TrainerGroup, reference_actor
 from orchestrator.run import RunContext
 from orchestrator.runtime import wait
-from workers.common import flatten_pairs
 
 
 class ReferenceLogps:

@@ -7,9 +7,10 @@ from __future__ import annotations
 import logging
 
 from orchestrator.errors import DataError
+from orchestrator.loop import train
+from orchestrator.inputs import load_train_and_held_out
 from orchestrator.placement import RoleSpec
 from orchestrator.preference_data import load_pair_rows, load_sft_rows
-from orchestrator.run import load_train_and_held_out
 
 log = logging.getLogger("tether")
 
@@ -76,31 +77,20 @@ def train_metrics(stats: dict, epoch: int) -> dict[str, float]:
     return row
 
 
-def fit(ctx, group, role: str, train: list[dict], eval_batch: dict | None, make_batch, after_last=None) -> dict:
+def fit(ctx, group, role: str, train_rows: list[dict], eval_batch: dict | None, make_batch) -> dict:
     """The offline loop: ``make_batch(rows)`` -> one optimizer step -> metrics row (held-out metrics
     every ``trainer.eval_every`` steps and after the last) -> checkpoint every ``trainer.save_steps``;
-    then ``<output_dir>/final``. ``after_last()``, if given, runs after the last step's update and
-    its metrics join that step's row. Returns the last metrics row."""
+    then ``<output_dir>/final``. Returns the last metrics row."""
     from orchestrator.data import PromptLoader
 
     cfg = ctx.cfg
-    loader = PromptLoader(train, cfg.trainer.mini_batch_size, cfg.seed)
-    start = ctx.restore({role: group}, loader)
-    metrics: dict = {}
-    for step in ctx.steps(start):
+    loader = PromptLoader(train_rows, cfg.trainer.mini_batch_size, cfg.seed)
+
+    def step(n: int) -> tuple[dict, tuple]:
         batch = make_batch(next(loader))
         with ctx.phase("train"):
-            stats = group.train(batch, 1, seed=cfg.seed + step)
-        metrics = train_metrics(stats, loader.epoch)
-        if ctx.eval_due(step):
-            with ctx.phase("eval"):
-                metrics.update(held_out_metrics(group, eval_batch))
-        if after_last is not None and step == cfg.trainer.max_steps:
-            metrics.update(after_last())
-        ctx.log(step, metrics)
-        ctx.check_finite(stats)
-        ctx.maybe_checkpoint(step, {role: group}, loader)
-    if cfg.trainer.save_final:
-        ctx.save_final(group)
-    print(ctx.summary())
-    return metrics
+            stats = group.train(batch, 1, seed=cfg.seed + n)
+        return train_metrics(stats, loader.epoch), (stats,)
+
+    evaluate = (lambda: held_out_metrics(group, eval_batch)) if eval_batch is not None else None
+    return train(ctx, step, groups={role: group}, state={"loader": loader}, final=group, evaluate=evaluate)

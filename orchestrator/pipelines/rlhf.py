@@ -18,7 +18,9 @@ import torch
 from orchestrator.algorithms import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, make_kl_controller, masked_whiten
 from orchestrator.batching import pack_samples, with_fields
 from orchestrator.data import PromptLoader
+from orchestrator.loop import train
 from orchestrator.placement import rlhf_roles
+from orchestrator.prompts import load_prompt_data, prepare_prompts, prompt_ids, reward_prompts
 from orchestrator.roles import RLHFRoles
 from orchestrator.run import RunContext
 from orchestrator.weight_sync import make_weight_sync
@@ -31,7 +33,8 @@ def step_metrics(scores: dict, mask, kl: float, kl_coef: float, policy: dict, cr
     n_tokens = float(mask.sum())
     row = {"reward/mean": float(rewards.mean()), "reward/std": float(rewards.std(unbiased=False)),
            **{f"{k}/mean": sum(v) / len(v) for k, v in scores.items() if k != "reward"},
-           "kl": kl, "kl_coef": kl_coef, "entropy": policy.get("entropy", 0.0), "loss/policy": policy["loss"],
+           "kl": kl, "kl_coef": kl_coef, "lr": policy.get("lr", 0.0), "entropy": policy.get("entropy", 0.0),
+           "loss/policy": policy["loss"],
            "clipfrac": policy.get("clipfrac", 0.0), "response_length/mean": n_tokens / mask.shape[0],
            "tokens_per_second": n_tokens / max(generate_s, 1e-9), "epoch": epoch,
            "train/nonfinite_skips": policy["nonfinite_skips"] + critic.get("nonfinite_skips", 0)}
@@ -42,8 +45,8 @@ def step_metrics(scores: dict, mask, kl: float, kl_coef: float, policy: dict, cr
 
 def evaluate(roles: RLHFRoles, ctx: RunContext, seed: int) -> dict:
     """Greedy responses to the held-out prompts, scored by the reward actor."""
-    samples = roles.generate(ctx.encode(ctx.eval_rows), 1, seed, greedy=True)
-    scores = roles.score(ctx.prompt_texts(ctx.eval_rows, 1), [ctx.decode(s["response_ids"]) for s in samples])
+    samples = roles.generate(prompt_ids(ctx.eval_rows), 1, seed, greedy=True)
+    scores = roles.score(reward_prompts(ctx.eval_rows, 1), [ctx.decode(s["response_ids"]) for s in samples])
     return {"eval/reward/mean": sum(scores["reward"]) / len(samples),
             "eval/response_length/mean": sum(len(s["response_ids"]) for s in samples) / len(samples)}
 
@@ -51,28 +54,24 @@ def evaluate(roles: RLHFRoles, ctx: RunContext, seed: int) -> dict:
 def run(cfg) -> dict:
     """Train the policy for ``trainer.max_steps`` steps; returns the last step's metrics."""
     a = cfg.algorithm
-    with RunContext(cfg) as ctx:
+    with RunContext(cfg, load_prompt_data, prepare_prompts) as ctx:
         roles = RLHFRoles(cfg, ctx.model_path, ctx.place(rlhf_roles(cfg)))
-        sync = make_weight_sync(cfg, roles.policy, roles.rollout)
+        sync = make_weight_sync(cfg, roles.policy, roles.rollouts)
         estimator = ADVANTAGE_ESTIMATORS.get(a.estimator)
         kl_fn = KL_ESTIMATORS.get(a.kl_estimator)
         kl_ctl = make_kl_controller(a.kl_coef, a.kl_target, a.kl_horizon)
         loader = PromptLoader(ctx.train_rows, cfg.trainer.rollout_batch_size, cfg.seed)
-        start = ctx.restore(roles.trainer_groups(), loader, kl_ctl)
-        if start:
-            sync.push()
-        metrics: dict = {}
-        restarts_seen = 0
-        for step in ctx.steps(start):
+
+        def step(n: int) -> tuple[dict, tuple]:
             rows = next(loader)
             with ctx.phase("generate"):
-                samples = roles.generate(ctx.encode(rows), a.n_samples, seed=cfg.seed * 1_000_000_007 + step * 1_000_003)
+                samples = roles.generate(prompt_ids(rows), a.n_samples, seed=cfg.seed * 1_000_000_007 + n * 1_000_003)
             batch = pack_samples(samples, ctx.pad_id, cfg.rollout.temperature)
             mask = batch["response_mask"]
             # reward, reference log-probs, old log-probs and values: concurrently, each timed
             responses = [ctx.decode(s["response_ids"]) for s in samples]
             scores, ref_logp, old_logp, values, seconds = roles.score_and_logprobs(
-                batch, ctx.prompt_texts(rows, a.n_samples), responses)
+                batch, reward_prompts(rows, a.n_samples), responses)
             ctx.times.update({f"time/{k}": v for k, v in seconds.items()})
             rewards = torch.tensor(scores["reward"])
 
@@ -85,24 +84,16 @@ def run(cfg) -> dict:
             train_batch = with_fields(batch, old_logprobs=old_logp, ref_logprobs=ref_logp, advantages=advantages,
                                       returns=returns, old_values=values, kl_coef=kl_ctl.coef)
             with ctx.phase("train"):
-                policy_stats = roles.policy.train(train_batch, a.ppo_epochs, seed=cfg.seed + step)
-                critic_stats = roles.critic.train(train_batch, a.ppo_epochs, seed=cfg.seed + step) if roles.critic else {}
+                policy_stats = roles.policy.train(train_batch, a.ppo_epochs, seed=cfg.seed + n)
+                critic_stats = roles.critic.train(train_batch, a.ppo_epochs, seed=cfg.seed + n) if roles.critic else {}
             with ctx.phase("weight_sync"):
-                sync = sync.on_restart() if roles.restarts > restarts_seen else sync
-                restarts_seen = roles.restarts
                 sync.push()
 
             seq_kl = float(((old_logp - ref_logp) * mask).sum(-1).mean())
             kl_ctl.update(seq_kl, len(samples))
             metrics = step_metrics(scores, mask, seq_kl, kl_ctl.coef, policy_stats, critic_stats,
                                    ctx.times["time/generate"], loader.epoch)
-            if ctx.eval_due(step):
-                with ctx.phase("eval"):
-                    metrics.update(evaluate(roles, ctx, cfg.seed))
-            ctx.log(step, metrics)
-            ctx.check_finite(policy_stats, critic_stats)
-            ctx.maybe_checkpoint(step, roles.trainer_groups(), loader, kl_ctl)
-        if cfg.trainer.save_final:
-            ctx.save_final(roles.policy)
-        print(ctx.summary())
-        return metrics
+            return metrics, (policy_stats, critic_stats)
+
+        return train(ctx, step, groups=roles.trainer_groups(), state={"loader": loader, "kl_controller": kl_ctl},
+                     final=roles.policy, evaluate=lambda: evaluate(roles, ctx, cfg.seed), on_resume=sync.push)

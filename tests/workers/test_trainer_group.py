@@ -57,3 +57,22 @@ def test_two_rank_critic_regression(ray_local, tiny_model_path, stage, tmp_path)
     critic.train(batch, epochs=1, seed=99)
     assert checksums() == pytest.approx(after_save, rel=1e-12)
     placement.remove()
+
+
+def test_lr_warmup_starts_learning_at_step_one(ray_local, tiny_model_path, tmp_path):
+    """trainer.lr_warmup_steps=3: optimizer steps 1..5 use lr x [1/3, 2/3, 1, 1, 1] (step 1 already
+    learns), each reported as ``lr``; the schedule's position is part of a checkpoint."""
+    cfg = compose_config("trainer.lr_warmup_steps=3", "trainer.critic_lr=0.003", "trainer.mini_batch_size=8",
+                         "trainer.micro_batch_size=8")
+    placement = Placement([RoleSpec("critic", 1, 0.5, 0)], "PACK", 60)
+    critic = TrainerGroup("critic", tiny_model_path, cfg, placement, 600, "value")
+    batch = _batch()
+    lrs = []
+    for i in range(5):
+        lrs.append(critic.train(batch, epochs=1, seed=i)["lr"])
+        if i == 1:
+            critic.save_checkpoint(str(tmp_path / "ckpt"))
+    assert lrs == pytest.approx([0.001, 0.002, 0.003, 0.003, 0.003], rel=1e-6)
+    critic.load_checkpoint(str(tmp_path / "ckpt"))
+    assert critic.train(batch, epochs=1, seed=9)["lr"] == pytest.approx(0.003, rel=1e-6)
+    placement.remove()
