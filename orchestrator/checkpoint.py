@@ -35,6 +35,16 @@ def root(output_dir: Path) -> Path:
     return Path(output_dir) / "checkpoints"
 
 
+def step_folders(output_dir: Path) -> list[Path]:
+    """The live timeline's ``step_N`` folders, oldest first by step number (``step_1000000`` sorts
+    after ``step_999999``, which a sort by name would not do)."""
+    def number(folder: Path) -> tuple[int, str]:
+        digits = folder.name[len("step_"):]
+        return (int(digits), folder.name) if digits.isdigit() else (-1, folder.name)
+
+    return sorted(root(output_dir).glob("step_*"), key=number)
+
+
 def save(output_dir: Path, step: int, state: dict, groups: dict, keep: int) -> Path:
     """Write checkpoint ``step`` (every group saves its ranks' DeepSpeed state), keep the newest ``keep``."""
     final = root(output_dir) / f"step_{step:06d}"
@@ -48,7 +58,7 @@ def save(output_dir: Path, step: int, state: dict, groups: dict, keep: int) -> P
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)
-    for old in sorted(root(output_dir).glob("step_*"))[:-keep] if keep > 0 else []:  # live timeline only
+    for old in step_folders(output_dir)[:-keep] if keep > 0 else []:  # live timeline only
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -97,7 +107,7 @@ def read_state(folder: Path) -> tuple[Path, dict] | None:
 
 def newest_state(output_dir: Path) -> tuple[Path, dict] | None:
     """The newest checkpoint of the live timeline that :func:`read_state` reads, or None."""
-    for folder in sorted(root(output_dir).glob("step_*"), reverse=True):
+    for folder in reversed(step_folders(output_dir)):
         found = read_state(folder)
         if found:
             return found
@@ -173,7 +183,7 @@ def load_state(folder: Path) -> dict:
 
 def good_checkpoints(output_dir: Path):
     """Good checkpoints, newest first, as ``(folder, state)``; broken ones are skipped with a warning."""
-    for folder in sorted(root(output_dir).glob("step_*"), reverse=True):
+    for folder in reversed(step_folders(output_dir)):
         why = problem(folder)
         if why is None:
             yield folder, load_state(folder)

@@ -70,27 +70,24 @@ class RoleSpec:
         return b
 
 
-def rlhf_roles(cfg) -> list[RoleSpec]:
-    """The roles an RLHF run needs, from config."""
+def role_specs(cfg, names: list[str]) -> list[RoleSpec]:
+    """The placement of the named roles, from config: each role's count (``rollout.num_workers``,
+    ``trainer.num_ranks`` for trainer roles, else one), CPUs / GPUs (its section in ``CONFIG_SECTION``)
+    and custom resources (``cluster.role_resources.<role>``)."""
+    from omegaconf import OmegaConf
+
     extra = cfg.cluster.get("role_resources") or {}
-
-    def spec(name: str, count: int, section) -> RoleSpec:
-        return RoleSpec(name, count, section.num_cpus, section.num_gpus, dict(extra.get(name) or {}))
-
-    roles = [spec("rollout", cfg.rollout.num_workers, cfg.rollout), spec("reward", 1, cfg.reward),
-             spec("reference", 1, cfg.reference), spec("policy", cfg.trainer.num_ranks, cfg.trainer)]
-    if cfg.algorithm.estimator == "gae":
-        roles.append(spec("critic", cfg.trainer.num_ranks, cfg.trainer))
-    return roles
+    specs = []
+    for name in names:
+        section = OmegaConf.select(cfg, CONFIG_SECTION[name])
+        count = cfg.rollout.num_workers if name == "rollout" else cfg.trainer.num_ranks if name in TRAINER_ROLES else 1
+        specs.append(RoleSpec(name, count, section.num_cpus, section.num_gpus, dict(extra.get(name) or {})))
+    return specs
 
 
-def cai_roles(cfg) -> list[RoleSpec]:
-    """The roles a Constitutional AI run needs: rollout engines, policy ranks (SFT), feedback model."""
-    extra = cfg.cluster.role_resources
-    f = cfg.cai.feedback
-    return [RoleSpec("rollout", cfg.rollout.num_workers, cfg.rollout.num_cpus, cfg.rollout.num_gpus, dict(extra.rollout)),
-            RoleSpec("policy", cfg.trainer.num_ranks, cfg.trainer.num_cpus, cfg.trainer.num_gpus, dict(extra.policy)),
-            RoleSpec("feedback", 1, f.num_cpus, f.num_gpus, dict(extra.feedback))]
+def rlhf_roles(cfg) -> list[RoleSpec]:
+    """The roles an RLHF run needs: rollout, reward, reference, policy (+ critic for PPO)."""
+    return role_specs(cfg, ["rollout", "reward", "reference", "policy"] + (["critic"] if cfg.algorithm.estimator == "gae" else []))
 
 
 def _hint(resource: str, roles: list[str]) -> str:

@@ -13,12 +13,12 @@ import uuid
 
 import ray
 import torch
-from omegaconf import OmegaConf
 
 from orchestrator.batching import shard
 from orchestrator.errors import WorkerError
 from orchestrator.placement import Placement
 from orchestrator.runtime import Secret, wait, wait_timed
+from orchestrator.specs import ForwardSpec, RewardSpec, RolloutSpec, TrainerSpec
 
 log = logging.getLogger("tether")
 WORKER_MODULES = {"TrainerRank": "workers.trainer", "RolloutWorker": "workers.rollout", "RewardWorker": "workers.reward",
@@ -31,11 +31,6 @@ def remote_class(name: str):
     return ray.remote(getattr(importlib.import_module(WORKER_MODULES[name]), name))
 
 
-def _common(cfg) -> dict:
-    return {"seed": cfg.seed, "device": cfg.device, "dtype": cfg.model.dtype,
-            "trust_remote_code": cfg.model.trust_remote_code, "torch_threads": cfg.cluster.torch_threads}
-
-
 class TrainerGroup:
     """``num_ranks`` TrainerRank actors forming one DeepSpeed world, training ``role`` (the placement
     role: policy, critic, reward_model) with ``objective`` (see ``workers/objectives.py``).
@@ -46,14 +41,12 @@ class TrainerGroup:
 
     def __init__(self, role: str, model_path: str, cfg, placement: Placement, timeout_s: float, objective: str):
         self.role, self.timeout_s = role, timeout_s
-        rank_cfg = {**_common(cfg), **OmegaConf.to_container(cfg.trainer),
-                    "algorithm": OmegaConf.to_container(cfg.algorithm) if cfg.algorithm is not None else {},
-                    "objective": objective}
+        spec = TrainerSpec.of(cfg, objective)
         n = cfg.trainer.num_ranks
         tag = uuid.uuid4().hex[:6]
         self.ranks = [
             remote_class("TrainerRank").options(name=f"{role}-rank{rank}-{tag}", **placement.options(role, rank))
-            .remote(role, model_path, rank_cfg, rank, n)
+            .remote(role, model_path, spec, rank, n)
             for rank in range(n)
         ]
         address = self.ranks[0].rendezvous_address.remote()  # rank 0's (ip, port), passed on unresolved
@@ -125,9 +118,8 @@ class TrainerGroup:
 
 def reference_actor(cfg, model_path: str, placement: Placement):
     """The frozen reference model's actor (role ``reference``)."""
-    ref_cfg = {**_common(cfg), **OmegaConf.to_container(cfg.reference)}
     return (remote_class("ReferenceWorker").options(name=f"reference-{uuid.uuid4().hex[:6]}", **placement.options("reference"))
-            .remote(model_path, ref_cfg))
+            .remote(model_path, ForwardSpec.reference(cfg)))
 
 
 class RolloutPool:
@@ -143,14 +135,13 @@ class RolloutPool:
     def __init__(self, cfg, model_path: str, placement: Placement, tag: str):
         self.timeout_s, self.max_restarts = cfg.cluster.call_timeout_s, cfg.cluster.max_restarts
         restart = {"max_restarts": self.max_restarts, "max_task_retries": self.max_restarts}
-        rollout_cfg = {**_common(cfg), **OmegaConf.to_container(cfg.rollout)}
         self.actors = [
             remote_class("RolloutWorker").options(name=f"rollout-{i}-{tag}", **restart, **placement.options("rollout", i))
-            .remote(model_path, rollout_cfg)
+            .remote(model_path, RolloutSpec.of(cfg))
             for i in range(cfg.rollout.num_workers)
         ]
         self.weights = None
-        self.restarts = 0  # restarts seen (a pipeline rebuilds its weight sync after one)
+        self.restarts = 0  # restarts seen (WeightSync leaves NCCL after one)
         self.incarnations: list[str] = []
 
     def wait_ready(self) -> None:
@@ -191,11 +182,20 @@ class RolloutPool:
 def feedback_actor(cfg, model_path: str, placement: Placement):
     """The feedback model's actor (role ``feedback``, pipeline=cai). It holds no state, so like the
     reward actor it is restarted by Ray when its process dies and the call is retried."""
-    f, n = cfg.cai.feedback, cfg.cluster.max_restarts
-    feedback_cfg = {**_common(cfg), "batch_size": f.batch_size, "max_prompt_tokens": cfg.data.max_length}
+    n = cfg.cluster.max_restarts
     return (remote_class("FeedbackWorker").options(name=f"feedback-{uuid.uuid4().hex[:6]}", max_restarts=n,
                                                max_task_retries=n, **placement.options("feedback"))
-            .remote(model_path, feedback_cfg))
+            .remote(model_path, ForwardSpec.feedback(cfg)))
+
+
+def reward_actor(cfg, placement: Placement, tag: str):
+    """The reward actor (role ``reward``): restarted by Ray when its process dies, the call retried.
+    The reward server's token is a constructor argument, never a runtime_env env var (Ray logs those)."""
+    n = cfg.cluster.max_restarts
+    token = Secret(os.environ.get(cfg.reward.remote_token_env, "")) if cfg.reward.remote_url else None
+    return (remote_class("RewardWorker").options(name=f"reward-{tag}", max_restarts=n, max_task_retries=n,
+                                             **placement.options("reward"))
+            .remote(RewardSpec.of(cfg), token))
 
 
 class RLHFRoles:
@@ -209,15 +209,9 @@ class RLHFRoles:
 
     def __init__(self, cfg, model_path: str, placement: Placement):
         t = self.timeout_s = cfg.cluster.call_timeout_s
-        restart = {"max_restarts": cfg.cluster.max_restarts, "max_task_retries": cfg.cluster.max_restarts}
         tag = uuid.uuid4().hex[:6]
         self.rollouts = RolloutPool(cfg, model_path, placement, tag)
-        self.rollout = self.rollouts.actors
-        reward_cfg = {**_common(cfg), **OmegaConf.to_container(cfg.reward), "max_length": cfg.rollout.max_model_len}
-        # the token is a constructor argument, never a runtime_env env var (Ray logs those)
-        token = Secret(os.environ.get(cfg.reward.remote_token_env, "")) if cfg.reward.remote_url else None
-        self.reward = (remote_class("RewardWorker").options(name=f"reward-{tag}", **restart, **placement.options("reward"))
-                       .remote(reward_cfg, token))
+        self.reward = reward_actor(cfg, placement, tag)
         self.reference = reference_actor(cfg, model_path, placement)
         self.policy = TrainerGroup("policy", model_path, cfg, placement, t, "ppo")
         self.critic = (TrainerGroup("critic", model_path, cfg, placement, t, "value")
@@ -227,11 +221,6 @@ class RLHFRoles:
             group.wait_ready()
         self.rollouts.wait_ready()
         self.reward_incarnation = wait(self.reward.ready.remote(), "reward (start-up)", t)
-
-    @property
-    def restarts(self) -> int:
-        """Rollout restarts seen (the pipeline rebuilds its weight sync after one)."""
-        return self.rollouts.restarts
 
     def trainer_groups(self) -> dict:
         """The trainer groups by name (what a checkpoint holds)."""

@@ -201,7 +201,8 @@ class RunContext:
         if resume == "auto":
             candidates = checkpoint.good_checkpoints(self.output_dir)
         else:
-            candidates = iter([(Path(resume), checkpoint.load_state(Path(resume)))])
+            source = Path(resume).expanduser()
+            candidates = iter([(source, checkpoint.load_state(source))])
         for folder, state in candidates:
             missing = [name for name in stateful if name not in state]
             if missing:

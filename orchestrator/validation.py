@@ -96,10 +96,16 @@ def validate(cfg) -> None:
     check_algorithm(cfg)
     check_ranges(cfg)
     _choice("device", cfg.device, ["cpu", "cuda"])
+    if not str(cfg.output_dir).strip():  # Path("") is the current folder: the run would write (and overwrite) there
+        raise ConfigError("output_dir is empty; name the folder the run writes to (output_dir=outputs/NAME)")
+    try:
+        Path(cfg.output_dir).expanduser().resolve()
+    except (RuntimeError, OSError) as exc:  # a symlink loop
+        raise ConfigError(f"output_dir={cfg.output_dir!r}: {exc}") from None
     if cfg.resume not in (None, "auto"):
         from orchestrator.checkpoint import problem
 
-        why = problem(Path(cfg.resume))
+        why = problem(Path(cfg.resume).expanduser())
         if why:
             raise ConfigError(f"resume={cfg.resume!r}: not a usable checkpoint: {why}")
     _choice("model.dtype", cfg.model.dtype, ["float32", "bfloat16", "float16"])

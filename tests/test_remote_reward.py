@@ -16,6 +16,7 @@ from orchestrator.reward_server import RewardServerConfig
 from orchestrator.rewards.remote import make_server, remote_scores
 from orchestrator.runtime import Secret
 from tests.conftest import ROOT
+from orchestrator.specs import RewardSpec
 from workers.reward import RewardWorker
 
 
@@ -71,10 +72,8 @@ def test_reward_worker_adds_the_remote_part(server, monkeypatch, tmp_path):
     monkeypatch.delenv("TETHER_REWARD_TOKEN", raising=False)
     fn = tmp_path / "one.py"
     fn.write_text("def one(prompts, responses):\n    return [1.0] * len(responses)\n")
-    worker = RewardWorker({"seed": 0, "device": "cpu", "dtype": "float32", "trust_remote_code": False,
-                           "torch_threads": 1, "function": f"{fn}:one", "function_weight": 1.0, "model_path": None,
-                           "remote_url": url, "remote_weight": 0.5, "remote_token_env": "TETHER_REWARD_TOKEN",
-                           "remote_timeout_s": 5}, Secret("s3cret"))
+    worker = RewardWorker(RewardSpec(function=f"{fn}:one", remote_url=url, remote_weight=0.5, remote_timeout_s=5),
+                          Secret("s3cret"))
     assert "s3cret" not in repr(worker.token) + str(worker.token)
     out = worker.score(["p", "q"], ["ab", "abcd"])
     assert out["reward/remote"] == [2.0, 4.0] and out["reward"] == [2.0, 3.0]

@@ -17,20 +17,21 @@ import torch
 from orchestrator.batching import flatten_pairs
 
 from orchestrator import quiet
+from orchestrator.specs import ProcessSpec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def setup_process(seed: int, torch_threads: int | None = None) -> None:
+def setup_process(process: ProcessSpec) -> None:
     """Quiet the libraries' notices (unless ``logger.verbose``, see orchestrator/quiet.py), seed every
     generator and bound intra-op threads (CPU actors share few cores)."""
     quiet.setup_actor()
-    if torch_threads:
-        torch.set_num_threads(int(torch_threads))
+    if process.torch_threads:
+        torch.set_num_threads(int(process.torch_threads))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
+    random.seed(process.seed)
+    np.random.seed(process.seed % (2**32))
+    torch.manual_seed(process.seed)
 
 
 def device_for(device: str) -> torch.device:
@@ -40,14 +41,14 @@ def device_for(device: str) -> torch.device:
     return torch.device("cpu")
 
 
-def load_causal_lm(path: str, dtype: str, device: str, trust_remote_code: bool = False):
-    """Load an HF causal LM from a local folder (safetensors only)."""
+def load_causal_lm(path: str, process: ProcessSpec):
+    """Load an HF causal LM from a local folder (safetensors only), in the process's dtype and device."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, use_safetensors=True
+        path, dtype=DTYPES[process.dtype], trust_remote_code=process.trust_remote_code, use_safetensors=True
     )
-    return disable_dropout(model).to(device_for(device))
+    return disable_dropout(model).to(device_for(process.device))
 
 
 def to_device(batch: dict, device) -> dict:

@@ -1,6 +1,7 @@
-"""What a trainer rank minimises, by objective: one function per objective, ``fn(model, batch, cfg)
--> (loss, stats)``. The maths lives in ``orchestrator.algorithms``; these functions run the model
-forward on a micro-batch and hand the results to it.
+"""What a trainer rank minimises, by objective: one function per objective,
+``fn(model, batch, algorithm) -> (loss, stats)`` (``algorithm``: the run's algorithm section as a
+dict). The maths lives in ``orchestrator.algorithms``; these functions run the model forward on a
+micro-batch and hand the results to it.
 
 Objectives: ``ppo`` (clipped surrogate policy loss, optional entropy bonus and KL term) and
 ``value`` (clipped value loss) for RLHF; ``dpo`` (any registered preference loss), ``reward_model``
@@ -23,9 +24,8 @@ def values(model, b: dict) -> torch.Tensor:
     return response_logits(model, b)[..., 0]
 
 
-def ppo(model, b: dict, cfg: dict):
+def ppo(model, b: dict, a: dict):
     """Clipped-surrogate policy loss, minus the entropy bonus, plus the KL term in ``kl_mode=loss``."""
-    a = cfg["algorithm"]
     logits = policy_logits(model, b)
     mask = b["response_mask"]
     logp = gather_logprobs(logits, response_tokens(b))
@@ -41,10 +41,10 @@ def ppo(model, b: dict, cfg: dict):
     return loss, stats
 
 
-def value(model, b: dict, cfg: dict):
+def value(model, b: dict, a: dict):
     """Clipped value loss of the critic."""
     loss = clipped_value_loss(values(model, b), b["old_values"], b["returns"], b["response_mask"],
-                              cfg["algorithm"]["value_clip_eps"])
+                              a["value_clip_eps"])
     return loss, {}
 
 
@@ -54,10 +54,9 @@ def preference_params(a: dict) -> PreferenceParams:
                             orpo_lambda=a["orpo_lambda"])
 
 
-def dpo(model, b: dict, cfg: dict):
+def dpo(model, b: dict, a: dict):
     """A preference loss (``algorithm.preference_loss``) on a pair batch; reference log-probs, when the
     loss needs them, come in ``b["ref_logps"]`` ``[B, 2]``."""
-    a = cfg["algorithm"]
     seq, lengths = pair_sequence_logprobs(model, b)
     ref = b.get("ref_logps")
     pairs = PairLogps(chosen=seq[:, 0], rejected=seq[:, 1], chosen_len=lengths[:, 0], rejected_len=lengths[:, 1],
@@ -68,7 +67,7 @@ def dpo(model, b: dict, cfg: dict):
     return losses.mean(), stats
 
 
-def reward_model(model, b: dict, cfg: dict):
+def reward_model(model, b: dict, a: dict):
     """Bradley-Terry loss of a sequence-classification model on a pair batch (``[B, 2, L]``)."""
     length = b["input_ids"].shape[-1]
     out = model(input_ids=b["input_ids"].reshape(-1, length), attention_mask=b["attention_mask"].reshape(-1, length))
@@ -78,7 +77,7 @@ def reward_model(model, b: dict, cfg: dict):
     return loss, stats
 
 
-def sft(model, b: dict, cfg: dict):
+def sft(model, b: dict, a: dict):
     """Mean negative log-likelihood of the response tokens (prompt tokens carry no loss)."""
     logp = gather_logprobs(policy_logits(model, b), response_tokens(b))
     loss, stats = sft_loss(logp, b["response_mask"])

@@ -18,31 +18,31 @@ import torch
 
 from orchestrator.batching import pad_token_id
 from orchestrator.preference_data import reward_text
-from orchestrator.rewards.loader import DEFAULT_IMPORT_TIMEOUT_S, call_reward_function, load_reward_function
+from orchestrator.rewards.loader import call_reward_function, load_reward_function
 from orchestrator.rewards.remote import remote_scores
 from orchestrator.runtime import Secret
+from orchestrator.specs import RewardSpec
 from workers.common import DTYPES, device_for, setup_process
 
 
 class RewardWorker:
     """One reward actor."""
 
-    def __init__(self, cfg: dict, token: Secret | None = None):
-        setup_process(cfg["seed"], cfg.get("torch_threads"))
-        self.cfg = cfg
+    def __init__(self, spec: RewardSpec, token: Secret | None = None):
+        setup_process(spec.process)
+        self.spec = spec
         self.token = token  # the reward server's bearer token (remote_url)
         self.incarnation = uuid.uuid4().hex  # new after every restart by Ray
-        timeout = cfg.get("import_timeout_s") or DEFAULT_IMPORT_TIMEOUT_S
-        self.fn = load_reward_function(cfg["function"], timeout) if cfg.get("function") else None
+        self.fn = load_reward_function(spec.function, spec.import_timeout_s) if spec.function else None
         self.model = None
-        if cfg.get("model_path"):
+        if spec.model_path:
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-            self.tokenizer = AutoTokenizer.from_pretrained(cfg["model_path"])
+            self.tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
             self.model = AutoModelForSequenceClassification.from_pretrained(
-                cfg["model_path"], dtype=DTYPES[cfg["dtype"]], use_safetensors=True,
-                trust_remote_code=cfg["trust_remote_code"],
-            ).to(device_for(cfg["device"])).eval()
+                spec.model_path, dtype=DTYPES[spec.process.dtype], use_safetensors=True,
+                trust_remote_code=spec.process.trust_remote_code,
+            ).to(device_for(spec.process.device)).eval()
             if self.tokenizer.pad_token is None:
                 self.tokenizer.pad_token = self.tokenizer.eos_token
             # the model scores the last token that is not config.pad_token_id: the id the batches are padded with
@@ -57,18 +57,18 @@ class RewardWorker:
         parts: dict[str, list[float]] = {}
         total = [0.0] * len(responses)
         if self.fn is not None:
-            f = call_reward_function(self.fn, self.cfg["function"], prompts, responses)
+            f = call_reward_function(self.fn, self.spec.function, prompts, responses)
             parts["reward/function"] = f
-            total = [t + self.cfg["function_weight"] * s for t, s in zip(total, f)]
-        if self.cfg.get("remote_url"):
-            token = self.token.reveal() if self.token else os.environ.get(self.cfg["remote_token_env"], "")
-            r = remote_scores(self.cfg["remote_url"], token, prompts, responses, self.cfg["remote_timeout_s"])
+            total = [t + self.spec.function_weight * s for t, s in zip(total, f)]
+        if self.spec.remote_url:
+            token = self.token.reveal() if self.token else os.environ.get(self.spec.remote_token_env, "")
+            r = remote_scores(self.spec.remote_url, token, prompts, responses, self.spec.remote_timeout_s)
             parts["reward/remote"] = r
-            total = [t + self.cfg["remote_weight"] * s for t, s in zip(total, r)]
+            total = [t + self.spec.remote_weight * s for t, s in zip(total, r)]
         if self.model is not None:
             m = self._model_scores(prompts, responses)
             parts["reward/model"] = m
-            total = [t + self.cfg["model_weight"] * s for t, s in zip(total, m)]
+            total = [t + self.spec.model_weight * s for t, s in zip(total, m)]
         parts["reward"] = total
         return parts
 
@@ -79,12 +79,12 @@ class RewardWorker:
     @torch.no_grad()
     def _model_scores(self, prompts: list[str], responses: list[str]) -> list[float]:
         scores: list[float] = []
-        bs = self.cfg["batch_size"]
+        bs = self.spec.batch_size
         device = next(self.model.parameters()).device
         for i in range(0, len(prompts), bs):
             enc = self.tokenizer(
                 [reward_text(p, r) for p, r in zip(prompts[i : i + bs], responses[i : i + bs])],
-                return_tensors="pt", padding=True, truncation=True, max_length=self.cfg["max_length"],
+                return_tensors="pt", padding=True, truncation=True, max_length=self.spec.max_length,
             ).to(device)
             scores.extend(self.model(**enc).logits[:, 0].float().tolist())
         return scores

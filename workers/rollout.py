@@ -15,52 +15,53 @@ import uuid
 import torch
 
 from orchestrator import quiet
+from orchestrator.specs import RolloutSpec
 from workers.common import DTYPES, device_for, load_causal_lm, setup_process
 
 
-def vllm_env(cfg: dict) -> dict:
+def vllm_env(spec: RolloutSpec) -> dict:
     """Environment variables the vLLM actor needs (engine in-process, quiet, bounded KV cache)."""
     env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false"}  # log level: orchestrator/quiet.py
-    if cfg["device"] == "cpu":
-        env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(cfg["kv_cache_gib"])))
+    if spec.process.device == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(spec.kv_cache_gib)))
     return env
 
 
 class RolloutWorker:
     """One rollout engine (``backend`` = ``vllm`` or ``hf``)."""
 
-    def __init__(self, model_path: str, cfg: dict):
-        setup_process(cfg["seed"], cfg.get("torch_threads"))
-        self.cfg = cfg
+    def __init__(self, model_path: str, spec: RolloutSpec):
+        setup_process(spec.process)
+        self.spec = spec
         self.incarnation = uuid.uuid4().hex  # new after every restart by Ray
-        self.backend = cfg["backend"]
+        self.backend = spec.backend
         if self.backend == "vllm":
-            os.environ.update(vllm_env(cfg))
+            os.environ.update(vllm_env(spec))
             from vllm import LLM
 
             kwargs = dict(
                 model=model_path,
-                dtype=cfg["dtype"],
-                seed=cfg["seed"],
-                max_model_len=cfg["max_model_len"],
-                enforce_eager=cfg["enforce_eager"],
-                trust_remote_code=cfg["trust_remote_code"],
+                dtype=spec.process.dtype,
+                seed=spec.process.seed,
+                max_model_len=spec.max_model_len,
+                enforce_eager=spec.enforce_eager,
+                trust_remote_code=spec.process.trust_remote_code,
                 load_format="safetensors",
                 worker_extension_cls="workers.vllm_weight_ext.WeightSyncExtension",
                 use_tqdm_on_load=quiet.verbose(),
             )
-            if cfg["device"] == "cpu":
+            if spec.process.device == "cpu":
                 # A prefill split over engine steps rewinds the request's seeded generator, which a CPU
                 # torch.Generator cannot do ("CPU Generator does not use offset"): prefill whole prompts.
-                kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(cfg["max_model_len"], 4096))
-            if cfg["device"] == "cuda":
-                kwargs.update(gpu_memory_utilization=cfg["gpu_memory_utilization"],
-                              tensor_parallel_size=cfg["tensor_parallel_size"])
+                kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(spec.max_model_len, 4096))
+            if spec.process.device == "cuda":
+                kwargs.update(gpu_memory_utilization=spec.gpu_memory_utilization,
+                              tensor_parallel_size=spec.tensor_parallel_size)
             self.llm = LLM(**kwargs)
         else:
             from transformers import AutoTokenizer
 
-            self.model = load_causal_lm(model_path, cfg["dtype"], cfg["device"], cfg["trust_remote_code"])
+            self.model = load_causal_lm(model_path, spec.process)
             self.model.eval()
             self.tokenizer = AutoTokenizer.from_pretrained(model_path)
 
@@ -70,7 +71,7 @@ class RolloutWorker:
 
     def generate(self, prompt_ids: list[list[int]], n: int, seed: int, greedy: bool = False) -> list[dict]:
         """Sample ``n`` responses per prompt (greedy: temperature 0); returns ``len(prompt_ids) * n`` dicts."""
-        temperature = 0.0 if greedy else self.cfg["temperature"]
+        temperature = 0.0 if greedy else self.spec.temperature
         if self.backend == "vllm":
             return self._generate_vllm(prompt_ids, n, seed, temperature)
         return self._generate_hf(prompt_ids, n, seed, temperature)
@@ -84,8 +85,8 @@ class RolloutWorker:
         from vllm.inputs import TokensPrompt
 
         params = [
-            SamplingParams(n=n, temperature=temperature, top_p=self.cfg["top_p"],
-                           max_tokens=self.cfg["max_new_tokens"], seed=seed + i * n)
+            SamplingParams(n=n, temperature=temperature, top_p=self.spec.top_p,
+                           max_tokens=self.spec.max_new_tokens, seed=seed + i * n)
             for i in range(len(prompt_ids))
         ]
         prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids]
@@ -98,7 +99,7 @@ class RolloutWorker:
 
     @torch.no_grad()
     def _generate_hf(self, prompt_ids, n, seed, temperature):
-        tok, device = self.tokenizer, device_for(self.cfg["device"])
+        tok, device = self.tokenizer, device_for(self.spec.process.device)
         samples = []
         for i, ids in enumerate(prompt_ids):
             torch.manual_seed(seed + i * n)
@@ -106,9 +107,9 @@ class RolloutWorker:
             do_sample = temperature > 0
             out = self.model.generate(
                 input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=self.cfg["max_new_tokens"], do_sample=do_sample,
+                max_new_tokens=self.spec.max_new_tokens, do_sample=do_sample,
                 temperature=temperature if do_sample else None,
-                top_p=self.cfg["top_p"] if do_sample else None, top_k=None,
+                top_p=self.spec.top_p if do_sample else None, top_k=None,
                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
             )
             for row in out[:, len(ids):].tolist():
@@ -121,7 +122,7 @@ class RolloutWorker:
     def load_weights(self, named_tensors: list[tuple[str, torch.Tensor]]) -> None:
         """Replace the engine's weights with the trainer's (CPU path, tensors via Ray)."""
         if self.backend == "vllm":
-            dtype = DTYPES[self.cfg["dtype"]]
+            dtype = DTYPES[self.spec.process.dtype]
             weights = [(name, t.to(dtype)) for name, t in named_tensors]
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
             self.llm.reset_prefix_cache()

@@ -17,6 +17,7 @@ from datetime import timedelta
 import torch
 
 from orchestrator import quiet
+from orchestrator.specs import TrainerSpec
 from workers.common import DTYPES, batched_logprobs, device_for, disable_dropout, setup_process, split_batch, to_device
 from workers.objectives import OBJECTIVES, values
 from workers.safe_torch_load import use_safe_loading
@@ -33,19 +34,19 @@ def warmup_schedule(warmup_steps: int):
     return make
 
 
-def deepspeed_config(cfg: dict, per_rank_mini: int) -> dict:
+def deepspeed_config(spec: TrainerSpec, per_rank_mini: int) -> dict:
     """DeepSpeed config for one optimizer step per mini-batch of ``per_rank_mini`` rows per rank."""
-    micro = min(cfg["micro_batch_size"], per_rank_mini)
-    zero = {"stage": cfg["zero_stage"]}
-    if cfg["zero_stage"] == 3:
+    micro = min(spec.micro_batch_size, per_rank_mini)
+    zero = {"stage": spec.zero_stage}
+    if spec.zero_stage == 3:
         zero.update(stage3_param_persistence_threshold=0, stage3_prefetch_bucket_size=0)
     return {
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": max(1, per_rank_mini // micro),
-        "gradient_clipping": cfg["grad_clip"],
+        "gradient_clipping": spec.grad_clip,
         "zero_optimization": zero,
-        "bf16": {"enabled": cfg["dtype"] == "bfloat16"},
-        "fp16": {"enabled": cfg["dtype"] == "float16"},
+        "bf16": {"enabled": spec.process.dtype == "bfloat16"},
+        "fp16": {"enabled": spec.process.dtype == "float16"},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
@@ -54,10 +55,10 @@ def deepspeed_config(cfg: dict, per_rank_mini: int) -> dict:
 class TrainerRank:
     """One rank of a policy or critic training group."""
 
-    def __init__(self, role: str, model_path: str, cfg: dict, rank: int, world_size: int):
-        setup_process(cfg["seed"], cfg.get("torch_threads"))
-        self.role, self.model_path, self.cfg, self.rank, self.world_size = role, model_path, cfg, rank, world_size
-        self.device = device_for(cfg["device"])
+    def __init__(self, role: str, model_path: str, spec: TrainerSpec, rank: int, world_size: int):
+        setup_process(spec.process)
+        self.role, self.model_path, self.spec, self.rank, self.world_size = role, model_path, spec, rank, world_size
+        self.device = device_for(spec.process.device)
 
     def rendezvous_address(self) -> tuple[str, int]:
         """This node's IP and a free port (asked of rank 0 before ``setup``)."""
@@ -70,25 +71,25 @@ class TrainerRank:
     def setup(self, address: tuple[str, int]) -> int:
         """Join the process group at rank 0's ``(ip, port)`` and build the DeepSpeed engine (all ranks
         call this together)."""
-        (master_addr, master_port), cfg, rank = address, self.cfg, self.rank
-        local_rank = str(torch.cuda.current_device()) if cfg["device"] == "cuda" else "0"
+        (master_addr, master_port), spec, rank = address, self.spec, self.rank
+        local_rank = str(torch.cuda.current_device()) if spec.process.device == "cuda" else "0"
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
                           WORLD_SIZE=str(self.world_size), LOCAL_RANK=local_rank)
         import deepspeed
 
         with quiet.hide_prints():  # DeepSpeed prints that its shm op was built
-            deepspeed.init_distributed(dist_backend="nccl" if cfg["device"] == "cuda" else "gloo",
-                                       timeout=timedelta(seconds=cfg["dist_timeout_s"]))
-        self.per_rank_mini = cfg["mini_batch_size"] // self.world_size
-        lr = cfg["critic_lr" if self.role == "critic" else "lr"]
-        ds_config = deepspeed_config(cfg, self.per_rank_mini)
-        if cfg["zero_stage"] == 3:  # must exist before the model is built, or HF init is skipped
+            deepspeed.init_distributed(dist_backend="nccl" if spec.process.device == "cuda" else "gloo",
+                                       timeout=timedelta(seconds=spec.dist_timeout_s))
+        self.per_rank_mini = spec.mini_batch_size // self.world_size
+        lr = spec.lr
+        ds_config = deepspeed_config(spec, self.per_rank_mini)
+        if spec.zero_stage == 3:  # must exist before the model is built, or HF init is skipped
             from transformers.integrations import HfDeepSpeedConfig
 
             self._hf_ds = HfDeepSpeedConfig(ds_config)
         model = self._build_model(self.model_path)
-        optim = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg["weight_decay"])
-        schedule = warmup_schedule(cfg["lr_warmup_steps"]) if cfg["lr_warmup_steps"] > 0 else None
+        optim = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=spec.weight_decay)
+        schedule = warmup_schedule(spec.lr_warmup_steps) if spec.lr_warmup_steps > 0 else None
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optim, config=ds_config,
                                                                  lr_scheduler=schedule)
         use_safe_loading(self.engine)  # checkpoint files are read with torch.load(weights_only=True)
@@ -98,10 +99,10 @@ class TrainerRank:
         from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification,
                                   AutoModelForTokenClassification)
 
-        kwargs = dict(dtype=DTYPES[self.cfg["dtype"]], use_safetensors=True,
-                      trust_remote_code=self.cfg["trust_remote_code"])
+        kwargs = dict(dtype=DTYPES[self.spec.process.dtype], use_safetensors=True,
+                      trust_remote_code=self.spec.process.trust_remote_code)
         heads = {"value": AutoModelForTokenClassification, "reward_model": AutoModelForSequenceClassification}
-        objective = self.cfg["objective"]
+        objective = self.spec.objective
         if objective in heads:
             from transformers import AutoTokenizer
 
@@ -118,14 +119,14 @@ class TrainerRank:
     def logprobs(self, batch: dict) -> torch.Tensor:
         """Policy log-probs ``[B, T]`` of this rank's shard (the "old" log-probs of PPO)."""
         self.engine.eval()
-        return batched_logprobs(self.engine.module, batch, self.cfg["micro_batch_size"])
+        return batched_logprobs(self.engine.module, batch, self.spec.micro_batch_size)
 
     @torch.no_grad()
     def values(self, batch: dict) -> torch.Tensor:
         """Critic values ``[B, T]`` for this rank's shard."""
         self.engine.eval()
         parts = []
-        for chunk in split_batch(batch, self.cfg["micro_batch_size"]):
+        for chunk in split_batch(batch, self.spec.micro_batch_size):
             parts.append((values(self.engine, to_device(chunk, self.device)) * chunk["response_mask"].to(self.device)).cpu())
         return torch.cat(parts)
 
@@ -136,8 +137,8 @@ class TrainerRank:
         self.engine.eval()
         sums: dict[str, float] = {}
         total = 0.0
-        for chunk in split_batch(batch, self.cfg["micro_batch_size"]):
-            _, stats = OBJECTIVES[self.cfg["objective"]](self.engine, to_device(chunk, self.device), self.cfg)
+        for chunk in split_batch(batch, self.spec.micro_batch_size):
+            _, stats = OBJECTIVES[self.spec.objective](self.engine, to_device(chunk, self.device), self.spec.algorithm)
             weight = stats.pop("weight", float(chunk["input_ids"].shape[0]))
             total += weight
             for k, v in stats.items():
@@ -159,7 +160,7 @@ class TrainerRank:
         count = skipped = updates = 0
         gen = torch.Generator().manual_seed(seed)
         n = batch["input_ids"].shape[0]
-        micro = min(self.cfg["micro_batch_size"], self.per_rank_mini)
+        micro = min(self.spec.micro_batch_size, self.per_rank_mini)
         gas = max(1, self.per_rank_mini // micro)
         for _ in range(epochs):
             order = torch.randperm(n, generator=gen)
@@ -171,7 +172,7 @@ class TrainerRank:
                 for j, chunk in enumerate(window):
                     chunk = to_device(chunk, self.device)
                     self.engine.set_gradient_accumulation_boundary(j == len(window) - 1)
-                    loss, stats = OBJECTIVES[self.cfg["objective"]](self.engine, chunk, self.cfg)
+                    loss, stats = OBJECTIVES[self.spec.objective](self.engine, chunk, self.spec.algorithm)
                     stats.pop("weight", None)
                     if self._any_rank(not torch.isfinite(loss).item()):
                         ok = False
@@ -209,7 +210,7 @@ class TrainerRank:
     def _grads_finite(self) -> bool:
         """Whether this rank's gradients are finite where they are whole (ZeRO-0, not fp16: DeepSpeed's
         loss scaler handles fp16 overflow); other set-ups answer True and rely on the loss check."""
-        if self.cfg["zero_stage"] > 0 or self.cfg["dtype"] == "float16":
+        if self.spec.zero_stage > 0 or self.spec.process.dtype == "float16":
             return True
         return all(torch.isfinite(p.grad).all().item() for p in self.engine.module.parameters() if p.grad is not None)
 
@@ -218,7 +219,7 @@ class TrainerRank:
         import deepspeed
 
         params = list(self.engine.module.parameters())
-        if self.cfg["zero_stage"] == 3:
+        if self.spec.zero_stage == 3:
             return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
         from contextlib import nullcontext
 
@@ -261,7 +262,7 @@ class TrainerRank:
         self._sender = init_sender_group(master_addr, master_port, world_size, self.device)
 
     def _sync_tensors(self) -> list:
-        dtype = DTYPES[self.cfg["dtype"]]
+        dtype = DTYPES[self.spec.process.dtype]
         return [(k, v.detach().to(dtype)) for k, v in self.engine.module.state_dict().items()]
 
     def weight_specs(self) -> list:

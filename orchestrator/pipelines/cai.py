@@ -38,7 +38,7 @@ from orchestrator.data import load_prompt_rows, render_prompt
 from orchestrator.errors import ConfigError, DataError
 from orchestrator.inputs import load_train_and_held_out, resolve_data_path
 from orchestrator.pipelines.offline import encode_both, fit
-from orchestrator.placement import cai_roles
+from orchestrator.placement import role_specs
 from orchestrator.preference_data import encode_sft, prompt_text
 from orchestrator.roles import RolloutPool, TrainerGroup, feedback_actor
 from orchestrator.run import RunContext
@@ -131,7 +131,7 @@ def run(cfg) -> dict:
     c, t = cfg.cai, cfg.cluster.call_timeout_s
     with RunContext(cfg, load_cai_data) as ctx:
         principles = con.load_constitution(resolve_data_path(c.constitution))
-        placement = ctx.place(cai_roles(cfg))
+        placement = ctx.place(role_specs(cfg, ["rollout", "policy", "feedback"]))
         rollouts = RolloutPool(cfg, ctx.model_path, placement, uuid.uuid4().hex[:6])
         policy = TrainerGroup("policy", ctx.model_path, cfg, placement, t, "sft")
         feedback = feedback_actor(cfg, c.feedback.model_path or ctx.model_path, placement)

@@ -22,7 +22,8 @@ import torch
 
 from orchestrator.algorithms import needs_reference
 from orchestrator.batching import flatten_pairs
-from orchestrator.pipelines.offline import encode_both, fit, load_pair_data, trainer_roles
+from orchestrator.pipelines.offline import encode_both, fit, load_pair_data
+from orchestrator.placement import role_specs
 from orchestrator.preference_data import encode_pairs, pack_pairs
 from orchestrator.roles import TrainerGroup, reference_actor
 from orchestrator.run import RunContext
@@ -61,7 +62,7 @@ def run(cfg) -> dict:
     with RunContext(cfg, load_pair_data, prepare) as ctx:
         train, held_out = ctx.train_rows, ctx.eval_rows
         use_ref = needs_reference(a.preference_loss)
-        placement = ctx.place(trainer_roles(cfg, "policy", reference=use_ref))
+        placement = ctx.place(role_specs(cfg, ["policy"] + (["reference"] if use_ref else [])))
         policy = TrainerGroup("policy", ctx.model_path, cfg, placement, t, "dpo")
         reference = ReferenceLogps(reference_actor(cfg, ctx.model_path, placement), t) if use_ref else None
         if use_ref and a.reference_mode == "precompute":

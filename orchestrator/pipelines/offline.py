@@ -9,7 +9,6 @@ import logging
 from orchestrator.errors import DataError
 from orchestrator.loop import train
 from orchestrator.inputs import load_train_and_held_out
-from orchestrator.placement import RoleSpec
 from orchestrator.preference_data import load_pair_rows, load_sft_rows
 
 log = logging.getLogger("tether")
@@ -51,15 +50,6 @@ def encode_both(ctx, encode, **kwargs) -> tuple[list[dict], list[dict]]:
                         f"trainer.mini_batch_size={cfg.trainer.mini_batch_size}; raise data.max_length or use "
                         "data.overlong=truncate")
     return out[0], out[1]
-
-
-def trainer_roles(cfg, role: str, reference: bool = False) -> list[RoleSpec]:
-    """The trainer ranks of an offline pipeline (placement role ``role``), plus a reference actor."""
-    extra = cfg.cluster.role_resources
-    roles = [RoleSpec(role, cfg.trainer.num_ranks, cfg.trainer.num_cpus, cfg.trainer.num_gpus, dict(extra[role]))]
-    if reference:
-        roles.append(RoleSpec("reference", 1, cfg.reference.num_cpus, cfg.reference.num_gpus, dict(extra.reference)))
-    return roles
 
 
 def held_out_metrics(group, batch: dict | None) -> dict[str, float]:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from functools import partial
 
-from orchestrator.pipelines.offline import encode_both, fit, load_pair_data, trainer_roles
+from orchestrator.pipelines.offline import encode_both, fit, load_pair_data
+from orchestrator.placement import role_specs
 from orchestrator.preference_data import encode_reward_pairs, pack_reward_pairs
 from orchestrator.roles import TrainerGroup
 from orchestrator.run import RunContext
@@ -25,7 +26,7 @@ def run(cfg) -> dict:
     prepare = partial(encode_both, encode=encode_reward_pairs)
     with RunContext(cfg, load_pair_data, prepare) as ctx:
         train, held_out = ctx.train_rows, ctx.eval_rows
-        placement = ctx.place(trainer_roles(cfg, "reward_model"))
+        placement = ctx.place(role_specs(cfg, ["reward_model"]))
         model = TrainerGroup("reward_model", ctx.model_path, cfg, placement, cfg.cluster.call_timeout_s,
                              "reward_model")
         eval_batch = pack_reward_pairs(held_out, ctx.pad_id) if held_out else None

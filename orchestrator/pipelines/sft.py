@@ -12,7 +12,8 @@ from __future__ import annotations
 from functools import partial
 
 from orchestrator.batching import pack_samples
-from orchestrator.pipelines.offline import encode_both, fit, load_sft_data, trainer_roles
+from orchestrator.pipelines.offline import encode_both, fit, load_sft_data
+from orchestrator.placement import role_specs
 from orchestrator.preference_data import encode_sft
 from orchestrator.roles import TrainerGroup
 from orchestrator.run import RunContext
@@ -23,7 +24,7 @@ def run(cfg) -> dict:
     prepare = partial(encode_both, encode=encode_sft, max_prompt_tokens=cfg.data.max_prompt_tokens)
     with RunContext(cfg, load_sft_data, prepare) as ctx:
         train, held_out = ctx.train_rows, ctx.eval_rows
-        placement = ctx.place(trainer_roles(cfg, "policy"))
+        placement = ctx.place(role_specs(cfg, ["policy"]))
         policy = TrainerGroup("policy", ctx.model_path, cfg, placement, cfg.cluster.call_timeout_s, "sft")
         eval_batch = pack_samples(held_out, ctx.pad_id) if held_out else None
         return fit(ctx, policy, "policy", train, eval_batch, lambda rows: pack_samples(rows, ctx.pad_id))

@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from typing import Callable
@@ -30,17 +31,42 @@ from orchestrator.errors import ConfigError, RewardError
 from orchestrator.rewards.loader import call_reward_function, check_scores
 
 
+MAX_REPLY_BYTES = 16 << 20  # a longer reply from a reward server is an error, never held in memory
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are not followed: the request carries the bearer token (urllib would send it on)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None  # the 3xx reaches the caller as an HTTPError
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 def remote_scores(url: str, token: str, prompts: list[str], responses: list[str], timeout_s: float) -> list[float]:
     """Scores from the reward server at ``url``; RewardError with the reason on any failure."""
     body = json.dumps({"prompts": prompts, "responses": responses}).encode()
     request = urllib.request.Request(url, data=body, method="POST", headers={
         "Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+    deadline = time.monotonic() + timeout_s  # for the whole reply: a server trickling bytes is cut off too
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as reply:
-            data = json.loads(reply.read())
+        with _OPENER.open(request, timeout=timeout_s) as reply:
+            raw = bytearray()
+            while chunk := reply.read1(1 << 16):
+                raw += chunk
+                if len(raw) > MAX_REPLY_BYTES:
+                    raise RewardError(f"reward server {url} sent a reply over {MAX_REPLY_BYTES} bytes")
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the reply did not arrive in time")
+            data = json.loads(raw)
     except urllib.error.HTTPError as exc:
         if exc.code == 401:
             raise RewardError(f"reward server {url} refused the token (401); check reward.remote_token_env") from None
+        if 300 <= exc.code < 400:
+            raise RewardError(f"reward server {url} answered {exc.code} (a redirect to {exc.headers.get('Location')!r}); "
+                              "redirects are not followed (the token must reach no other host): set "
+                              "reward.remote_url to the server's own URL") from None
         detail = exc.read().decode(errors="replace")[:200]
         raise RewardError(f"reward server {url} answered {exc.code}: {detail}") from None
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
@@ -60,6 +86,12 @@ def check_remote_config(url: str, token: str | None, token_env: str) -> None:
     if not token:
         raise ConfigError(f"reward.remote_url is set but the token variable {token_env} is empty "
                           "(reward.remote_token_env); the reward server requires a token")
+    if not all(33 <= ord(c) <= 126 for c in token):  # it goes in an HTTP header; errors would echo it
+        raise ConfigError(f"the token in {token_env} holds a space, newline or other character that is not "
+                          "printable ASCII (a trailing newline from a file?); strip it")
+    if "@" in urllib.parse.urlsplit(url).netloc:
+        raise ConfigError("reward.remote_url holds a user name or password (user:pass@host); the URL is saved in "
+                          f"config.yaml and shown in errors: give the server's URL without them and the token in {token_env}")
 
 
 # ---- the server --------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from orchestrator.constitution import load_constitution
 from orchestrator.preference_data import load_pair_rows
+from orchestrator.specs import ForwardSpec
 from tests.conftest import ROOT, interrupted_copy, run_cli
 from workers.feedback import FeedbackWorker
 
@@ -89,9 +90,7 @@ def test_cai_resume_reuses_revisions_and_matches_uninterrupted_run(tmp_path):
 def test_feedback_worker_option_logprobs_match_a_direct_forward(tiny_model_path):
     """The feedback actor's log-prob of each option letter after a question equals the sum of
     log-softmax scores of the option's tokens, computed here with a plain forward pass."""
-    cfg = {"seed": 0, "device": "cpu", "dtype": "float32", "trust_remote_code": False, "torch_threads": 1,
-           "batch_size": 3, "max_prompt_tokens": 256}
-    worker = FeedbackWorker(tiny_model_path, cfg)
+    worker = FeedbackWorker(tiny_model_path, ForwardSpec(batch_size=3, max_length=256))
     questions = ["Which answer is kinder?\n(A) hello\n(B) go away\nThe answer is: (",
                  "Which is true? (A) the sky is blue (B) the sky is green. The answer is: ("]
     got = worker.option_logprobs(questions, ["A", "B"])

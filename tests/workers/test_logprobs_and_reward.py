@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from orchestrator.batching import pack_samples, shard
 from workers.common import batched_logprobs
+from orchestrator.specs import RewardSpec
 from workers.reward import RewardWorker
 
 
@@ -42,10 +43,8 @@ def test_reward_function_plus_model(tiny_model_path, tmp_path):
     tok.save_pretrained(tmp_path / "rm")
     fn = tmp_path / "fn.py"
     fn.write_text("def length(prompts, responses):\n    return [float(len(r)) for r in responses]\n")
-    cfg = {"seed": 0, "device": "cpu", "dtype": "float32", "trust_remote_code": False, "torch_threads": 1,
-           "function": f"{fn}:length", "function_weight": 2.0, "model_path": str(tmp_path / "rm"),
-           "model_weight": 0.5, "batch_size": 2, "max_length": 64}
-    worker = RewardWorker(cfg)
+    worker = RewardWorker(RewardSpec(function=f"{fn}:length", function_weight=2.0, model_path=str(tmp_path / "rm"),
+                                     model_weight=0.5, batch_size=2, max_length=64))
     out = worker.score(["a prompt", "another"], ["abc", "hello world"])
     assert out["reward/function"] == [3.0, 11.0]
     expected = [2.0 * f + 0.5 * m for f, m in zip(out["reward/function"], out["reward/model"])]

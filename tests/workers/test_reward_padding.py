@@ -8,6 +8,7 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
 from orchestrator.preference_data import pack_reward_pairs
+from orchestrator.specs import RewardSpec, TrainerSpec
 from workers.reward import RewardWorker
 from workers.trainer import TrainerRank
 
@@ -30,9 +31,8 @@ def test_trainer_scores_last_real_token(tiny_model_path, tmp_path):
     """Built with no pad id in its config, the rank's model takes the tokenizer's pad id (not eos), so
     a short pair member scores the same padded as alone."""
     tok = _reward_model(tiny_model_path, tmp_path / "rm", pad_token_id=None)
-    cfg = {"seed": 0, "device": "cpu", "dtype": "float32", "trust_remote_code": False, "torch_threads": 1,
-           "objective": "reward_model"}
-    model = TrainerRank("reward_model", str(tmp_path / "rm"), cfg, 0, 1)._build_model(str(tmp_path / "rm")).eval()
+    rank = TrainerRank("reward_model", str(tmp_path / "rm"), TrainerSpec(objective="reward_model"), 0, 1)
+    model = rank._build_model(str(tmp_path / "rm")).eval()
     assert model.config.pad_token_id == tok.pad_token_id
     short, long = [5, 6, 7], [5, 6, 7, 8, 9, 10, 11, 12]
     batch = pack_reward_pairs([{"chosen_ids": short, "rejected_ids": long}], tok.pad_token_id)
@@ -46,10 +46,7 @@ def test_reward_worker_scores_last_real_token(tiny_model_path, tmp_path):
     """A reward model saved with pad id = eos (what trainers wrote before) is scored with the
     tokenizer's pad id: a short response scores the same alone as beside a long one."""
     _reward_model(tiny_model_path, tmp_path / "rm", pad_token_id=1)
-    cfg = {"seed": 0, "device": "cpu", "dtype": "float32", "trust_remote_code": False, "torch_threads": 1,
-           "function": None, "model_path": str(tmp_path / "rm"), "model_weight": 1.0, "batch_size": 4,
-           "max_length": 64}
-    worker = RewardWorker(cfg)
+    worker = RewardWorker(RewardSpec(model_path=str(tmp_path / "rm"), batch_size=4, max_length=64))
     alone = worker.score(["a prompt"], ["hi"])["reward"][0]
     batched = worker.score(["a prompt", "a prompt"], ["hi", "a much longer response than the other one"])["reward"]
     assert abs(batched[0] - alone) < 1e-5, (alone, batched)

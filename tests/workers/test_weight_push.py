@@ -3,13 +3,15 @@ trainer's saved weights generates (greedy), and something different from before 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from orchestrator.batching import pack_samples, with_fields
 from orchestrator.placement import Placement, RoleSpec
 from orchestrator.roles import TrainerGroup
+from orchestrator.specs import RolloutSpec
 from orchestrator.weight_sync import ObjectStoreSync
 from tests.conftest import compose_config
 from workers.rollout import RolloutWorker
@@ -20,9 +22,8 @@ PROMPTS = [[5, 17, 42, 8], [100, 7], [3, 3, 3, 3, 3, 9], [250, 11, 12]]
 
 
 def _engine(ray, path, cfg, placement, index):
-    rollout_cfg = {"seed": 0, "device": "cpu", "dtype": "float32", "trust_remote_code": False,
-                   "torch_threads": 1, **OmegaConf.to_container(cfg.rollout), "temperature": 0.0}
-    return ray.remote(RolloutWorker).options(**placement.options("rollout", index)).remote(path, rollout_cfg)
+    spec = dataclasses.replace(RolloutSpec.of(cfg), temperature=0.0)
+    return ray.remote(RolloutWorker).options(**placement.options("rollout", index)).remote(path, spec)
 
 
 def test_push_equals_fresh_engine(ray_local, tiny_model_path, tmp_path):
@@ -40,7 +41,7 @@ def test_push_equals_fresh_engine(ray_local, tiny_model_path, tmp_path):
     adv = torch.linspace(-1, 1, len(samples))[:, None] * batch["response_mask"]
     policy.train(with_fields(batch, old_logprobs=old, ref_logprobs=old, advantages=adv, kl_coef=0.0), 1, 0)
 
-    ObjectStoreSync(policy, [engine], 600).push()
+    ObjectStoreSync(policy, [engine], 600).push()  # the transport WeightSync uses on CPU
     pushed = [s["response_ids"] for s in ray.get(engine.generate.remote(PROMPTS, 1, 0))]
 
     saved = tmp_path / "saved"
