@@ -124,6 +124,19 @@ def _invalid_json(where: str, exc: json.JSONDecodeError, colno: int | None = Non
     return DataError(f"{where}: invalid JSON: {exc.msg} (column {colno or exc.colno})")
 
 
+def _text_row(check: RowCheck) -> RowCheck:
+    """``check`` after a test that the row's strings are text: a JSON escape such as ``\\ud800`` with
+    no pair gives a lone UTF-16 surrogate, which no tokenizer takes (it failed with a traceback)."""
+    def checked(row: Any, where: str) -> dict:
+        try:
+            json.dumps(row, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise DataError(f"{where}: holds a lone UTF-16 surrogate ({exc.object[exc.start:exc.end]!r}, a \\u escape "
+                            "without its pair): not text; fix the row") from None
+        return check(row, where)
+    return checked
+
+
 def _load_jsonl(path: str, check: RowCheck, limit: int) -> list[dict]:
     """Load and check a JSON Lines file; blank lines are skipped."""
     rows = []
@@ -363,9 +376,9 @@ def load_rows(path: str, check: RowCheck, split: str = "train", field: str = "da
     elif os.path.isfile(expanded):
         lower = expanded.lower()
         if lower.endswith(".jsonl"):
-            rows = _load_jsonl(expanded, check, limit)
+            rows = _load_jsonl(expanded, _text_row(check), limit)
         elif lower.endswith(".json"):
-            rows = _load_json(expanded, check, limit)
+            rows = _load_json(expanded, _text_row(check), limit)
         elif lower.endswith(".parquet"):
             rows = _check_table_rows(_parquet_batches(expanded, limit), expanded, check, limit)
         else:

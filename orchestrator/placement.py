@@ -86,8 +86,13 @@ def role_specs(cfg, names: list[str]) -> list[RoleSpec]:
 
 
 def rlhf_roles(cfg) -> list[RoleSpec]:
-    """The roles an RLHF run needs: rollout, reward, reference, policy (+ critic for PPO)."""
-    return role_specs(cfg, ["rollout", "reward", "reference", "policy"] + (["critic"] if cfg.algorithm.estimator == "gae" else []))
+    """The roles an RLHF run needs: rollout, reward, reference (when a KL term reads it), policy (+ critic
+    for PPO)."""
+    from orchestrator.algorithms.passes import uses_reference
+
+    a = cfg.algorithm
+    return role_specs(cfg, ["rollout", "reward"] + (["reference"] if uses_reference(a) else []) + ["policy"]
+                      + (["critic"] if a.estimator == "gae" else []))
 
 
 def _hint(resource: str, roles: list[str]) -> str:

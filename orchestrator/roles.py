@@ -14,6 +14,7 @@ import uuid
 import ray
 import torch
 
+from orchestrator.algorithms.passes import needs_old_logprobs, uses_reference
 from orchestrator.batching import shard
 from orchestrator.errors import WorkerError
 from orchestrator.placement import Placement
@@ -212,7 +213,9 @@ class RLHFRoles:
         tag = uuid.uuid4().hex[:6]
         self.rollouts = RolloutPool(cfg, model_path, placement, tag)
         self.reward = reward_actor(cfg, placement, tag)
-        self.reference = reference_actor(cfg, model_path, placement)
+        self.reference = reference_actor(cfg, model_path, placement) if uses_reference(cfg.algorithm) else None
+        samples = cfg.trainer.rollout_batch_size * cfg.algorithm.n_samples
+        self.old_logprobs_pass = needs_old_logprobs(cfg.algorithm, samples, cfg.trainer.mini_batch_size)
         self.policy = TrainerGroup("policy", model_path, cfg, placement, t, "ppo")
         self.critic = (TrainerGroup("critic", model_path, cfg, placement, t, "value")
                        if cfg.algorithm.estimator == "gae" else None)
@@ -242,20 +245,21 @@ class RLHFRoles:
         return reply["scores"]
 
     def score_and_logprobs(self, batch: dict, prompts: list[str], responses: list[str]):
-        """Rewards, reference and old-policy log-probs and (PPO) values of a batch, computed
-        concurrently; returns them with each call's seconds from launch to completion."""
-        calls = {"reward": [self.score_async(prompts, responses)],
-                 "reference": [self.reference.logprobs.remote(batch)],
-                 "old_logprobs": self.policy.submit("logprobs", batch)}
-        labels = {"reward": ["reward (score)"], "reference": ["reference (logprobs)"],
-                  "old_logprobs": self.policy.names("old logprobs")}
+        """Rewards, and the reference log-probs, old-policy log-probs and (PPO) values of a batch that
+        the algorithm reads (None for a pass it does not need: ``orchestrator/algorithms/passes.py``),
+        computed concurrently; returns them with each call's seconds from launch to completion."""
+        calls = {"reward": [self.score_async(prompts, responses)]}
+        labels = {"reward": ["reward (score)"]}
+        if self.reference is not None:
+            calls["reference"], labels["reference"] = [self.reference.logprobs.remote(batch)], ["reference (logprobs)"]
+        if self.old_logprobs_pass:
+            calls["old_logprobs"], labels["old_logprobs"] = self.policy.submit("logprobs", batch), self.policy.names("old logprobs")
         if self.critic is not None:
-            calls["values"] = self.critic.submit("values", batch)
-            labels["values"] = self.critic.names("values")
+            calls["values"], labels["values"] = self.critic.submit("values", batch), self.critic.names("values")
         results, seconds = wait_timed(calls, self.timeout_s, labels)
-        values = torch.cat(results["values"]) if self.critic is not None else None
-        return (self.scores(results["reward"][0]), results["reference"][0], torch.cat(results["old_logprobs"]),
-                values, seconds)
+        joined = {k: torch.cat(v) if k != "reward" else None for k, v in results.items()}
+        return (self.scores(results["reward"][0]), joined.get("reference"), joined.get("old_logprobs"),
+                joined.get("values"), seconds)
 
     def score(self, prompts: list[str], responses: list[str]) -> dict[str, list[float]]:
         """Rewards (and their parts) of responses to prompts."""

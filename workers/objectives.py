@@ -29,12 +29,17 @@ def ppo(model, b: dict, a: dict):
     logits = policy_logits(model, b)
     mask = b["response_mask"]
     logp = gather_logprobs(logits, response_tokens(b))
-    loss, stats = POLICY_LOSSES.get(a["policy_loss"])(logp, b["old_logprobs"], b["advantages"], mask, a["clip_eps"])
+    old = b.get("old_logprobs")
+    if old is None:  # one update per rollout batch: this forward is the old policy (ratio 1)
+        old = logp.detach()
+    loss, stats = POLICY_LOSSES.get(a["policy_loss"])(logp, old, b["advantages"], mask, a["clip_eps"])
     entropy = masked_mean(entropy_from_logits(logits), mask)
     stats["entropy"] = float(entropy.detach())
     loss = loss - a["entropy_coef"] * entropy
-    if a["kl_mode"] == "loss":
-        ref = b["ref_logprobs"]  # padding: use ref there so exp(ref - logp) cannot overflow
+    ref = b.get("ref_logprobs")  # None when no KL term reads it
+    if ref is not None:  # per-sequence KL of the policy before this update, as the driver reports it
+        stats["kl"] = float(((logp.detach() - ref) * mask).sum(-1).mean())
+    if a["kl_mode"] == "loss" and ref is not None:  # padding: use ref there so exp(ref - logp) cannot overflow
         kl = kl_loss_term(torch.where(mask.bool(), logp, ref), ref, mask, a["kl_estimator"])
         loss = loss + b["kl_coef"] * kl
         stats["kl_loss"] = float(kl.detach())

@@ -27,6 +27,7 @@ from orchestrator.algorithms.losses import (
     ppo_policy_loss,
 )
 from orchestrator.algorithms.advantages import gae, grpo, reinforce_pp, rloo, token_rewards
+from orchestrator.algorithms.passes import needs_old_logprobs, uses_reference
 from orchestrator.algorithms.preference import (
     PREFERENCE_LOSSES,
     PairLogps,
@@ -48,6 +49,8 @@ __all__ = [
     "kl_k2",
     "kl_k3",
     "make_kl_controller",
+    "needs_old_logprobs",
+    "uses_reference",
     "clipped_value_loss",
     "entropy_from_logits",
     "kl_loss_term",

@@ -2,16 +2,19 @@
 
 One step, as on paper:
   1. sample ``n_samples`` responses per prompt from the current policy (rollout engines);
-  2. score them (reward actor), and get reference, old-policy log-probs and values (concurrently);
+  2. score them (reward actor), and get reference, old-policy log-probs and values (concurrently;
+     a pass no term reads is skipped: ``orchestrator/algorithms/passes.py``);
   3. KL to the reference as a per-token reward penalty (``kl_mode=reward``) or a loss term (``loss``);
   4. advantages from the named estimator; 5. clipped-surrogate policy (and value) updates;
   6. push the new weights into every rollout engine; log the step.
 Assumes a causal LM policy whose tokenizer has a pad or eos token. Sequence rewards only (the
 reward is given at the last response token). The KL reported (``kl``) is the per-sequence sum of
-``log pi - log pi_ref`` over response tokens, averaged over the batch.
+``log pi - log pi_ref`` over response tokens, averaged over the batch (absent when no KL term is used).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -26,7 +29,7 @@ from orchestrator.run import RunContext
 from orchestrator.weight_sync import make_weight_sync
 
 
-def step_metrics(scores: dict, mask, kl: float, kl_coef: float, policy: dict, critic: dict,
+def step_metrics(scores: dict, mask, kl: float | None, kl_coef: float, policy: dict, critic: dict,
                  generate_s: float, epoch: int) -> dict:
     """The step's metrics row (phase times are added by the run context)."""
     rewards = torch.tensor(scores["reward"])
@@ -40,6 +43,8 @@ def step_metrics(scores: dict, mask, kl: float, kl_coef: float, policy: dict, cr
            "train/nonfinite_skips": policy["nonfinite_skips"] + critic.get("nonfinite_skips", 0)}
     if critic:
         row["loss/value"] = critic["loss"]
+    if kl is None:  # no reference pass: no KL to report
+        del row["kl"], row["kl_coef"]
     return row
 
 
@@ -75,8 +80,9 @@ def run(cfg) -> dict:
             ctx.times.update({f"time/{k}": v for k, v in seconds.items()})
             rewards = torch.tensor(scores["reward"])
 
-            kl = kl_fn(old_logp, ref_logp) * mask
-            penalty = kl_ctl.coef * kl if a.kl_mode == "reward" else torch.zeros_like(kl)
+            penalty = torch.zeros_like(mask)
+            if a.kl_mode == "reward" and ref_logp is not None:  # old_logp is there too (algorithms/passes.py)
+                penalty = kl_ctl.coef * kl_fn(old_logp, ref_logp) * mask
             advantages, returns = estimator(rewards, penalty, mask, values, a.n_samples, a.gamma, a.lam)
             if a.estimator == "gae" and a.whiten_advantages:
                 advantages = masked_whiten(advantages, mask) * mask
@@ -89,8 +95,12 @@ def run(cfg) -> dict:
             with ctx.phase("weight_sync"):
                 sync.push()
 
-            seq_kl = float(((old_logp - ref_logp) * mask).sum(-1).mean())
-            kl_ctl.update(seq_kl, len(samples))
+            seq_kl = None  # per-sequence KL to the reference before the update (None: no KL term)
+            if ref_logp is not None:  # without an old-log-prob pass the training forward measured it
+                seq_kl = (float(((old_logp - ref_logp) * mask).sum(-1).mean()) if old_logp is not None
+                          else policy_stats.get("kl", math.nan))
+                if math.isfinite(seq_kl):
+                    kl_ctl.update(seq_kl, len(samples))
             metrics = step_metrics(scores, mask, seq_kl, kl_ctl.coef, policy_stats, critic_stats,
                                    ctx.times["time/generate"], loader.epoch)
             return metrics, (policy_stats, critic_stats)

@@ -1,0 +1,145 @@
+"""Issue 13's "20 more hostile cases": the ones that failed, each as a test that fails without its fix
+(the full list, with the commands and outcomes, is bench/hostile/REPORT.md)."""
+
+from __future__ import annotations
+
+import http.server
+import socketserver
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator import checkpoint
+from orchestrator.errors import ConfigError, RewardError
+from orchestrator.rewards import remote
+from orchestrator.rewards.remote import check_remote_config, remote_scores
+from orchestrator.validation import validate
+from tests.conftest import compose_config
+
+
+# ---- the reward server client ------------------------------------------------------------------
+def _serve(handler) -> socketserver.ThreadingTCPServer:
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+class _Quiet(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def reply(self, body: bytes, delay: float = 0.0) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        for i in range(0, len(body), 1 if delay else len(body)):
+            self.wfile.write(body[i:i + (1 if delay else len(body))])
+            self.wfile.flush()
+            time.sleep(delay)
+
+
+def test_a_redirect_is_not_followed_so_the_token_reaches_no_other_host():
+    seen = []
+
+    class Other(_Quiet):
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            self.reply(b'{"rewards": [0.5]}')
+
+        do_POST = do_GET
+
+    other = _serve(Other)
+
+    class Redirect(_Quiet):
+        def do_POST(self):
+            self.send_response(302)
+            self.send_header("Location", f"http://localhost:{other.server_address[1]}/steal")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = _serve(Redirect)
+    try:
+        with pytest.raises(RewardError, match=r"answered 302 .*redirects are not followed"):
+            remote_scores(f"http://127.0.0.1:{server.server_address[1]}/score", "s3cret", ["p"], ["r"], 5)
+        assert seen == []  # urllib's default opener sent "Bearer s3cret" to the other host
+    finally:
+        server.shutdown()
+        other.shutdown()
+
+
+def test_the_whole_reply_is_bounded_in_time_and_size(monkeypatch):
+    class Trickle(_Quiet):
+        def do_POST(self):
+            self.reply(b'{"rewards": [0.5]}' + b" " * 40, delay=0.1)  # ~6 s in all, each byte well in time
+
+    class Big(_Quiet):
+        def do_POST(self):
+            self.reply(b'{"rewards": [0.5], "pad": "' + b"x" * 5000 + b'"}')
+
+    trickle, big = _serve(Trickle), _serve(Big)
+    try:
+        start = time.monotonic()
+        with pytest.raises(RewardError, match=r"did not answer \(within 1s\)"):
+            remote_scores(f"http://127.0.0.1:{trickle.server_address[1]}/score", "t", ["p"], ["r"], 1.0)
+        assert time.monotonic() - start < 3
+        monkeypatch.setattr(remote, "MAX_REPLY_BYTES", 1000)
+        with pytest.raises(RewardError, match=r"sent a reply over 1000 bytes"):
+            remote_scores(f"http://127.0.0.1:{big.server_address[1]}/score", "t", ["p"], ["r"], 5)
+    finally:
+        trickle.shutdown()
+        big.shutdown()
+
+
+def test_a_token_that_cannot_be_a_header_is_refused_without_echoing_it():
+    with pytest.raises(ConfigError) as err:
+        check_remote_config("http://127.0.0.1:1/score", "s3cret\nX-Evil: 1", "TETHER_REWARD_TOKEN")
+    assert "TETHER_REWARD_TOKEN" in str(err.value) and "s3cret" not in str(err.value)
+    check_remote_config("http://127.0.0.1:1/score", "a-normal_token.123~", "TETHER_REWARD_TOKEN")
+
+
+def test_credentials_in_the_reward_url_are_refused_without_echoing_them():
+    with pytest.raises(ConfigError) as err:
+        check_remote_config("http://alice:hunter2@127.0.0.1:1/score", "tok", "TETHER_REWARD_TOKEN")
+    assert "user name or password" in str(err.value) and "hunter2" not in str(err.value)
+
+
+# ---- output_dir and resume ----------------------------------------------------------------------
+def test_an_empty_output_dir_is_refused():
+    with pytest.raises(ConfigError, match=r"^output_dir is empty"):  # Path("") is the current folder
+        validate(compose_config("pipeline=sft", "output_dir="))
+
+
+def test_an_output_dir_symlink_loop_is_one_line(tmp_path):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(ConfigError, match=r"output_dir=.*loop.*Symlink loop"):
+        validate(compose_config("pipeline=sft", f"output_dir={loop}"))
+
+
+def test_resume_with_a_tilde_path_is_expanded(tmp_path, monkeypatch):
+    ckpt = tmp_path / "ck"
+    ckpt.mkdir()
+    (ckpt / checkpoint.COMPLETE_FILE).write_text('{"groups": [], "files": {}}')
+    (ckpt / checkpoint.STATE_FILE).write_text('{"step": 3}')
+    monkeypatch.setenv("HOME", str(tmp_path))
+    validate(compose_config("pipeline=sft", "resume=~/ck"))  # was: "no valid COMPLETE marker"
+
+
+# ---- checkpoints past step 999,999 ---------------------------------------------------------------
+class _Group:
+    def save_checkpoint(self, path: str) -> None:
+        Path(path).mkdir(parents=True)
+        (Path(path) / "weights").write_text(path)
+
+
+def test_checkpoints_are_ordered_by_step_number_not_by_name(tmp_path):
+    for step in (999_998, 999_999, 1_000_000):
+        checkpoint.save(tmp_path, step, {}, {"policy": _Group()}, keep=2)
+    names = [p.name for p in checkpoint.step_folders(tmp_path)]
+    assert names == ["step_999999", "step_1000000"]  # by name, step_1000000 was pruned as the oldest
+    assert checkpoint.newest_state(tmp_path)[1]["step"] == 1_000_000
+    assert checkpoint.latest(tmp_path)[1]["step"] == 1_000_000
