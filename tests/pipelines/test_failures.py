@@ -121,4 +121,5 @@ def test_killed_feedback_actor_is_restarted_and_labels_the_pairs(tmp_path):
     assert proc.wait(timeout=400) == 0, log.read_text()[-3000:]
     rows = _rows(out)
     assert [r["step"] for r in rows] == list(range(1, 61))
-    assert rows[-1]["cai/pairs"] > 0 and (out / "cai" / "preferences.jsonl").exists()
+    assert json.loads((out / "cai" / "summary.json").read_text())["cai/pairs"] > 0
+    assert (out / "cai" / "preferences.jsonl").exists()
