@@ -24,6 +24,7 @@ import yaml
 from orchestrator.errors import DataError
 
 FIELDS = ("name", "critique", "revision", "comparison")
+MAX_BYTES = 1 << 20  # ~5,000 principles
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,9 @@ def load_constitution(path: str | Path, field: str = "cai.constitution") -> list
         raise DataError(f"{field}={str(path)!r}: no such file")
     if path.suffix not in (".yaml", ".yml", ".json"):
         raise DataError(f"{field}={str(path)!r}: a constitution is a .yaml, .yml or .json file")
+    size = path.stat().st_size
+    if size > MAX_BYTES:  # PyYAML composes ~1 MB/s and ~30x the file in memory: a large file is an error, not a wait
+        raise DataError(f"{field}={str(path)!r}: {size} bytes, more than the {MAX_BYTES} bytes a constitution may hold")
     try:
         root = yaml.compose(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:

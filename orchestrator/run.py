@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +20,8 @@ import ray
 from omegaconf import OmegaConf
 
 from orchestrator import checkpoint, outputs
-from orchestrator.errors import CheckpointError, NumericalError, WorkerError
+from orchestrator.batching import pad_token_id
+from orchestrator.errors import CheckpointError, ConfigError, NumericalError, WorkerError
 from orchestrator.models import resolve_model_path
 from orchestrator.placement import Placement
 from orchestrator.runtime import start_ray
@@ -55,8 +57,13 @@ class RunContext:
         self.model_path = resolve_model_path(cfg.model)
         from transformers import AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=cfg.model.trust_remote_code)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=cfg.model.trust_remote_code)
+        except (OSError, ValueError) as exc:  # no or broken tokenizer files: one line, before Ray starts
+            detail = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise ConfigError(f"model: the tokenizer in {self.model_path} did not load ({type(exc).__name__}: {detail}); "
+                              "the folder needs its tokenizer files (tokenizer.json, tokenizer_config.json)") from None
+        self.pad_id = pad_token_id(self.tokenizer)
         if prepare is not None:
             self.train_rows, self.eval_rows = prepare(self)
         self.dashboard_url = start_ray(cfg.cluster)
@@ -81,6 +88,11 @@ class RunContext:
         try:
             if exc_type is None:
                 print(self.summary())
+            elif issubclass(exc_type, (KeyboardInterrupt, SystemExit)) and self.steps_logged:
+                found = checkpoint.latest(self.output_dir)
+                how = (f"resume with resume=auto output_dir={self.output_dir} (from step {found[1]['step']})" if found
+                       else "no checkpoint was written (trainer.save_steps)")
+                print(f"tether: stopped at step {self.steps_logged}; {how}", file=sys.stderr, flush=True)
             if self.tracker is not None:
                 self.tracker.close()
             for p in self.placements:

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 
 import ray
 
@@ -169,10 +171,25 @@ def start_ray(cluster_cfg) -> str | None:
         except (ConnectionError, RuntimeError) as exc:
             raise ResourceError(f"cluster.address={address!r}: cannot connect to Ray: {exc}".splitlines()[0]) from exc
     else:
-        context = ray.init(address="local", num_cpus=cluster_cfg.num_cpus, include_dashboard=cluster_cfg.dashboard,
-                           dashboard_host="127.0.0.1", **kwargs)
+        try:
+            context = ray.init(address="local", num_cpus=cluster_cfg.num_cpus, include_dashboard=cluster_cfg.dashboard,
+                               dashboard_host="127.0.0.1", **kwargs)
+        except Exception as exc:  # raylet / GCS not up: a full disk, a file-size limit, an unwritable temp folder
+            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise ResourceError(f"the local Ray did not start: {detail} (Ray's temp folder is $RAY_TMPDIR or /tmp: "
+                                "is it writable, with free space and no file-size limit, ulimit -f?)") from exc
         watch_local_ray()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)  # replaces Ray's handler, which aborts with a stack dump
     return getattr(context, "dashboard_url", None) or None
+
+
+def _stop_on_sigterm(signum, frame) -> None:
+    """SIGTERM (``kill``, a scheduler's preemption): stop like Ctrl-C, the run's cleanup and Ray's shutdown
+    included, with one line and status 143."""
+    print("tether: stopped by SIGTERM; the checkpoints written so far are intact (resume=auto continues)",
+          file=sys.stderr, flush=True)
+    raise SystemExit(128 + signum)
 
 
 def unwrap(exc: BaseException) -> BaseException:

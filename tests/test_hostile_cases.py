@@ -126,7 +126,7 @@ def test_resume_with_a_tilde_path_is_expanded(tmp_path, monkeypatch):
     (ckpt / checkpoint.COMPLETE_FILE).write_text('{"groups": [], "files": {}}')
     (ckpt / checkpoint.STATE_FILE).write_text('{"step": 3}')
     monkeypatch.setenv("HOME", str(tmp_path))
-    validate(compose_config("pipeline=sft", "resume=~/ck"))  # was: "no valid COMPLETE marker"
+    validate(compose_config("pipeline=sft", "resume='~/ck'"))  # was: "no valid COMPLETE marker"
 
 
 # ---- checkpoints past step 999,999 ---------------------------------------------------------------
@@ -143,3 +143,112 @@ def test_checkpoints_are_ordered_by_step_number_not_by_name(tmp_path):
     assert names == ["step_999999", "step_1000000"]  # by name, step_1000000 was pruned as the oldest
     assert checkpoint.newest_state(tmp_path)[1]["step"] == 1_000_000
     assert checkpoint.latest(tmp_path)[1]["step"] == 1_000_000
+
+
+# ---- a local Ray that cannot start ---------------------------------------------------------------
+def test_a_local_ray_that_cannot_start_is_one_line(tmp_path, monkeypatch):
+    import ray
+
+    from orchestrator.errors import ResourceError
+    from orchestrator.runtime import start_ray
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setenv("RAY_TMPDIR", str(blocker))  # as a full disk or `ulimit -f` would, Ray cannot write its files
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cfg = compose_config("pipeline=sft").cluster
+    with pytest.raises(ResourceError, match=r"^the local Ray did not start: .*Not a directory"):
+        start_ray(cfg)
+    assert not ray.is_initialized()
+
+
+# ---- inputs: data rows and constitutions -----------------------------------------------------------
+def test_a_lone_surrogate_in_a_json_row_is_a_file_line_error(tmp_path):
+    from orchestrator.data import load_prompt_rows
+    from orchestrator.errors import DataError
+
+    for name, text in (("p.jsonl", '{"prompt": "ok"}\n{"prompt": "hi \\ud800 there"}\n'),
+                       ("p.json", '[{"prompt": "ok"},\n {"prompt": [{"role": "user", "content": "\\udfff"}]}]')):
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(DataError, match=r":(2|row 1): holds a lone UTF-16 surrogate"):  # was: tokenizers' TypeError
+            load_prompt_rows(str(path))
+    (tmp_path / "pair.jsonl").write_text('{"prompt": "a \\ud83d\\ude00 b"}\n')  # a proper pair is an emoji
+    assert load_prompt_rows(str(tmp_path / "pair.jsonl"))[0]["prompt"] == "a \U0001F600 b"
+
+
+def test_a_huge_constitution_is_refused_by_size(tmp_path):
+    from orchestrator import constitution
+    from orchestrator.errors import DataError
+
+    path = tmp_path / "c.yaml"
+    path.write_text("principles:\n" + "  - {name: a, critique: c, revision: r, comparison: q}\n" * 30000)  # ~1.6 MB
+    with pytest.raises(DataError, match=r"bytes, more than the 1048576 bytes a constitution may hold"):
+        constitution.load_constitution(path)  # was: ~1 s per MB of YAML and ~30x its size in memory
+
+
+# ---- end to end: a model folder without a tokenizer ---------------------------------------------------
+@pytest.mark.slow
+def test_a_model_folder_without_tokenizer_files_is_one_line_before_ray(tmp_path, tiny_model_path):
+    import shutil
+
+    from tests.conftest import error_line, run_cli
+
+    model = tmp_path / "model"
+    model.mkdir()
+    shutil.copy(Path(tiny_model_path) / "config.json", model)
+    out = tmp_path / "out"
+    proc = run_cli("pipeline=sft", "rollout=hf", f"model.path={model}", f"output_dir={out}", timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert error_line(proc).startswith(f"tether: error: model: the tokenizer in {model} did not load")
+    assert "Traceback" not in proc.stderr and not out.exists()  # before Ray; the folder it created is removed
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_driver_with_one_line_and_status_143():
+    import signal
+    import subprocess
+    import sys
+
+    script = ("import time\nfrom orchestrator.runtime import start_ray\nfrom tests.conftest import compose_config\n"
+              "start_ray(compose_config('cluster.num_cpus=1').cluster)\nprint('up', flush=True)\n"
+              "try:\n    time.sleep(120)\nfinally:\n    print('cleanup ran', flush=True)\n")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "up"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]  # was 134: Ray's handler aborted with a stack dump
+    assert "cleanup ran" in out and "tether: stopped by SIGTERM" in err and "SIGTERM received" not in err
+
+
+@pytest.mark.slow
+def test_a_stopped_run_says_where_it_stopped_and_how_to_resume(tmp_path):
+    """SIGTERM (`launch.sh stop`, `kill`) during a run: exit 143 and one line naming the last step
+    logged and the resume command (from the newest checkpoint)."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "pipeline=sft", "trainer.max_steps=500",
+                             "trainer.save_steps=1", "logger.progress_bar=false", "logger.wandb=false",
+                             f"output_dir={out}"], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        metrics = out / "metrics.jsonl"
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    logged = len((out / "metrics.jsonl").read_text().splitlines())
+    stop = [line for line in err.splitlines() if line.startswith("tether: stopped at step")]
+    assert len(stop) == 1, err[-2000:]
+    saved = json.loads(sorted((out / "checkpoints").glob("step_*"))[-1].joinpath("state.json").read_text())["step"]
+    assert stop[0] == (f"tether: stopped at step {logged}; resume with resume=auto output_dir={out} "
+                       f"(from step {saved})"), stop[0]
