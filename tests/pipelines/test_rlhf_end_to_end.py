@@ -8,6 +8,7 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.conftest import run_cli
+from tests.test_quiet_output import SILENCED
 
 pytestmark = pytest.mark.slow
 
@@ -36,6 +37,12 @@ def test_rlhf_learns_rule_reward(tmp_path, algorithm):
     assert last > first + 0.08, f"{algorithm}: reward {first:.3f} -> {last:.3f}"
     if algorithm == "ppo":
         assert all("loss/value" in r for r in rows)
+        # default output settings: the libraries' notices are hidden (tests/test_quiet_output.py)
+        text = proc.stdout + proc.stderr
+        shown = [f"{line!r} ({where})" for line, where in SILENCED.items() if line in text]
+        assert not shown, "noise in a default run:\n" + "\n".join(shown)
+        for line in ("rlhf:", "20/20", f"output_dir: {out}", "metrics:", "final model:"):
+            assert line in text, f"{line!r} missing:\n{text[-3000:]}"
     assert [r["step"] for r in rows if "eval/reward/mean" in r] == [10, 20]
     # the final policy is a plain HF folder
     model = AutoModelForCausalLM.from_pretrained(out / "final")
