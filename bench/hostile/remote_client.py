@@ -1,6 +1,6 @@
 """Hostile reward servers and tokens against the client (orchestrator.rewards.remote.remote_scores)."""
 import http.server, json, socketserver, sys, threading, time
-sys.path.insert(0, "/work/main")
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]))  # the checkout
 from orchestrator.rewards.remote import remote_scores, check_remote_config
 from orchestrator.errors import TetherError
 
