@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
+from omegaconf import OmegaConf
+
 from orchestrator.errors import DataError
-from orchestrator.inputs import MAX_ROW_BYTES, RowCheck, json_type_name, load_rows
+from orchestrator.inputs import MAX_ROW_BYTES, RowCheck, data_paths, json_type_name, load_rows
 
 __all__ = ["RowCheck", "load_rows", "json_type_name"]  # re-exported: the readers live in orchestrator.inputs
 
@@ -64,6 +66,21 @@ def load_prompt_rows(path: str, prompt_key: str = "prompt", split: str = "train"
     """
     return load_rows(path, lambda row, where: check_prompt_row(row, where, prompt_key), split, field,
                      max_row_bytes)
+
+
+def load_train_and_held_out(cfg, load, batch_field: str, what: str, **keys) -> tuple[list[dict], list[dict]]:
+    """Rows (train, held-out) read with ``load(path, split=..., field=..., max_row_bytes=..., **keys)``;
+    the train rows must fill at least one batch of ``batch_field`` (a config path such as
+    ``trainer.mini_batch_size``)."""
+    train_path, eval_path = data_paths(cfg)
+    keys["max_row_bytes"] = cfg.data.max_row_bytes
+    train = load(train_path, split=cfg.data.split, field="data.path", **keys)
+    held_out = load(eval_path, split=cfg.data.split, field="data.eval_path", **keys) if eval_path else []
+    batch = OmegaConf.select(cfg, batch_field)
+    if batch > len(train):
+        raise DataError(f"batch size {batch} ({batch_field}) is larger than the {len(train)} {what} in {train_path}; "
+                        f"lower {batch_field}={batch} or add rows")
+    return train, held_out
 
 
 def render_prompt(tokenizer: Any, prompt: str | list[dict]) -> str:

@@ -1,9 +1,9 @@
 """Where a run's data comes from and how its rows are read, each row bounded in size.
 
-:func:`data_paths` resolves ``data.path`` / ``data.eval_path`` (or the pipeline's shipped set);
-:func:`load_train_and_held_out` loads both and checks the train rows fill a batch. :func:`load_rows`
-reads rows from a ``.jsonl``, ``.json`` (a list of objects) or ``.parquet`` file, a ``save_to_disk``
-folder or a dataset name, passing each through a row check.
+:func:`data_paths` resolves ``data.path`` / ``data.eval_path`` (or the pipeline's shipped set;
+``orchestrator.data.load_train_and_held_out`` loads both). :func:`load_rows` reads rows from a
+``.jsonl``, ``.json`` (a list of objects) or ``.parquet`` file, a ``save_to_disk`` folder or a
+dataset name, passing each through a row check; a key given twice in a JSON object is an error.
 
 Every row is bounded by ``data.max_row_bytes`` while it is read: JSON Lines are read line by line
 with ``readline(limit)`` and JSON lists element by element, so an over-long row (a 200 MB line) is a
@@ -19,8 +19,6 @@ import json
 import os
 import re
 from typing import Any, Callable, Iterator
-
-from omegaconf import OmegaConf
 
 from orchestrator.errors import ConfigError, DataError
 
@@ -60,21 +58,6 @@ def data_paths(cfg) -> tuple[str, str | None]:
         train, shipped_eval = SHIPPED_DATA[cfg.pipeline]
         held_out = cfg.data.eval_path or shipped_eval
     return resolve_data_path(train), (resolve_data_path(held_out) if held_out else None)
-
-
-def load_train_and_held_out(cfg, load, batch_field: str, what: str, **keys) -> tuple[list[dict], list[dict]]:
-    """Rows (train, held-out) read with ``load(path, split=..., field=..., max_row_bytes=..., **keys)``;
-    the train rows must fill at least one batch of ``batch_field`` (a config path such as
-    ``trainer.mini_batch_size``)."""
-    train_path, eval_path = data_paths(cfg)
-    keys["max_row_bytes"] = cfg.data.max_row_bytes
-    train = load(train_path, split=cfg.data.split, field="data.path", **keys)
-    held_out = load(eval_path, split=cfg.data.split, field="data.eval_path", **keys) if eval_path else []
-    batch = OmegaConf.select(cfg, batch_field)
-    if batch > len(train):
-        raise DataError(f"batch size {batch} ({batch_field}) is larger than the {len(train)} {what} in {train_path}; "
-                        f"lower {batch_field}={batch} or add rows")
-    return train, held_out
 
 
 # ---- reading rows ----------------------------------------------------------------------------
@@ -124,6 +107,18 @@ def _invalid_json(where: str, exc: json.JSONDecodeError, colno: int | None = Non
     return DataError(f"{where}: invalid JSON: {exc.msg} (column {colno or exc.colno})")
 
 
+class _DuplicateKey(ValueError):
+    """A key given twice in one JSON object (json would keep the last value silently)."""
+
+
+def _unique_keys(pairs: list) -> dict:
+    """The ``object_pairs_hook`` of every JSON read here: a key given twice is an error."""
+    if len(row := dict(pairs)) < len(pairs):
+        key = next(k for i, (k, _) in enumerate(pairs) if k in dict(pairs[:i]))
+        raise _DuplicateKey(f"key {key!r} appears twice in one object (JSON keeps only the last value); keep one")
+    return row
+
+
 def _text_row(check: RowCheck) -> RowCheck:
     """``check`` after a test that the row's strings are text: a JSON escape such as ``\\ud800`` with
     no pair gives a lone UTF-16 surrogate, which no tokenizer takes (it failed with a traceback)."""
@@ -144,9 +139,11 @@ def _load_jsonl(path: str, check: RowCheck, limit: int) -> list[dict]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(line, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as exc:
             raise _invalid_json(f"{path}:{lineno}", exc) from None
+        except _DuplicateKey as exc:
+            raise DataError(f"{path}:{lineno}: {exc}") from None
         rows.append(check(row, f"{path}:{lineno}"))
     return rows
 
@@ -198,13 +195,15 @@ class _JsonText:
 
     def value(self, where: str) -> Any:
         """Parse the value starting at ``pos``, reading more as needed, up to ``limit`` bytes."""
-        decode = json.JSONDecoder().raw_decode
+        decode = json.JSONDecoder(object_pairs_hook=_unique_keys).raw_decode
         self.peek()
         while True:
             try:
                 value, end = decode(self.buf, self.pos)
                 if end < len(self.buf) or self.eof:  # a number at the end of the buffer may go on
                     break
+            except _DuplicateKey as exc:
+                raise DataError(f"{self.path}:{self.line} ({where}): {exc}") from None
             except json.JSONDecodeError as exc:
                 cut = exc.msg.startswith("Unterminated string") or exc.pos >= len(self.buf) - 8
                 if self.eof or not cut:

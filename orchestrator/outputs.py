@@ -12,6 +12,9 @@
 * :func:`check_reuse` decides whether this run may use a folder that holds another run's files:
   with ``resume`` it must find a checkpoint of a compatible run, and only ``overwrite=true``
   removes anything (:func:`remove_run`, after every input check has passed).
+* :func:`run_id` gives the run a folder holds an identity (``run.json``, written when a run first
+  starts there); every checkpoint records it, and ``resume=auto`` skips a checkpoint of another run
+  copied into ``checkpoints/``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import os
 import shutil
 import socket
 import time
+import uuid
 from pathlib import Path
 
 from orchestrator import checkpoint
@@ -32,7 +36,8 @@ log = logging.getLogger("tether")
 LOCK_FILE = ".tether.lock"
 RUN_FILES = ("metrics.jsonl", "config.yaml", "final", "checkpoints")  # a folder holding any of these holds a run
 # what overwrite=true removes: the run files, the trackers' folders, CAI's stage outputs, a half-written final
-OVERWRITTEN = (*RUN_FILES, "tensorboard", "wandb", "cai", ".final.tmp")
+RUN_ID_FILE = "run.json"  # {"run_id": uuid4 hex}: which run the folder holds
+OVERWRITTEN = (*RUN_FILES, "tensorboard", "wandb", "cai", ".final.tmp", RUN_ID_FILE)
 
 
 def prepare(output_dir: Path) -> bool:
@@ -107,6 +112,35 @@ def remove_run(output_dir: Path) -> list[str]:
             continue
         removed.append(name)
     return removed
+
+
+def read_run_id(output_dir: Path) -> str | None:
+    """The id in ``<output_dir>/run.json``, or None when there is none (a folder of an older version)."""
+    path = Path(output_dir) / RUN_ID_FILE
+    if not path.exists():
+        return None
+    try:
+        found = json.loads(path.read_text())["run_id"]
+        if isinstance(found, str) and found:
+            return found
+        raise ValueError("run_id is not a non-empty string")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: unreadable ({type(exc).__name__}: {str(exc)[:100]}); it names the run this "
+                              "folder holds: restore it, or delete it (every checkpoint there is then taken)") from None
+
+
+def run_id(output_dir: Path) -> str:
+    """The id of the run ``output_dir`` holds: read from ``run.json``, or created (written atomically)
+    when a run first starts there (a fresh folder, one emptied by ``overwrite=true``, or a branch:
+    ``resume=DIR`` into a new folder)."""
+    found = read_run_id(output_dir)
+    if found:
+        return found
+    new, path = uuid.uuid4().hex, Path(output_dir) / RUN_ID_FILE
+    tmp = path.with_name(f".{RUN_ID_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"run_id": new}) + "\n")
+    os.replace(tmp, path)
+    return new
 
 
 def _inside(path: Path, folder: Path) -> bool:

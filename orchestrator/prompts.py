@@ -11,11 +11,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from orchestrator.data import last_tokens, load_prompt_rows, render_prompt
+from orchestrator.data import last_tokens, load_prompt_rows, load_train_and_held_out, render_prompt
 from orchestrator.errors import ConfigError
-from orchestrator.inputs import load_train_and_held_out
 from orchestrator.preference_data import prompt_text
-from orchestrator.rewards.loader import load_reward_function
+from orchestrator.rewards.loader import check_reward_file
 
 log = logging.getLogger("tether")
 
@@ -25,7 +24,7 @@ def load_prompt_data(cfg) -> tuple[list[dict], list[dict]]:
     rows = load_train_and_held_out(cfg, load_prompt_rows, "trainer.rollout_batch_size", "prompt rows",
                                    prompt_key=cfg.data.prompt_key)
     if cfg.reward.function:
-        load_reward_function(cfg.reward.function, cfg.reward.import_timeout_s)
+        check_reward_file(cfg.reward.function, cfg.reward.import_timeout_s)
     if cfg.reward.model_path and not (Path(cfg.reward.model_path) / "config.json").is_file():
         raise ConfigError(f"reward.model_path={cfg.reward.model_path!r}: not a model folder (no config.json)")
     return rows

@@ -82,6 +82,7 @@ class RunContext:
             removed = outputs.remove_run(self.output_dir)
             if removed:
                 log.warning("overwrite=true: removed the previous run's %s from %s", ", ".join(removed), self.output_dir)
+        self.run_id = outputs.run_id(self.output_dir)  # kept in every checkpoint: resume=auto takes only this run's
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -202,20 +203,27 @@ class RunContext:
         objects (``{name: obj}`` with ``load_state_dict``, saved under their names by
         :meth:`maybe_checkpoint`); returns its step (0: fresh start).
 
-        ``resume=auto`` takes the newest good checkpoint in ``output_dir`` (a broken one, or one
-        whose trainer state fails to load, is skipped with a warning); ``resume=DIR`` takes that one.
+        ``resume=auto`` takes the newest good checkpoint in ``output_dir`` (a broken one, one written
+        by another run than the folder's ``run.json`` names, or one whose trainer state fails to load,
+        is skipped with a warning; one without a run id, older, is taken); ``resume=DIR`` takes that one.
         Checkpoints newer than the one loaded are moved aside (an abandoned timeline). When none
         loads and the folder holds a run, nothing is changed and the run stops.
         """
         resume = self.cfg.resume
         if resume is None:
             return 0
+        folder_run = outputs.read_run_id(self.output_dir)
         if resume == "auto":
             candidates = checkpoint.good_checkpoints(self.output_dir)
         else:
             source = Path(resume).expanduser()
             candidates = iter([(source, checkpoint.load_state(source))])
         for folder, state in candidates:
+            if resume == "auto" and state.get("run_id") not in (None, folder_run):
+                log.warning("skipping checkpoint %s: written by run %s, but %s names run %s (a checkpoint of "
+                            "another run copied in?); resume=DIR into a new output_dir branches from it",
+                            folder, state["run_id"], self.output_dir / outputs.RUN_ID_FILE, folder_run)
+                continue
             missing = [name for name in stateful if name not in state]
             if missing:
                 raise CheckpointError(f"{folder / checkpoint.STATE_FILE} holds no state for {', '.join(missing)}: "
@@ -250,12 +258,12 @@ class RunContext:
         of the ``stateful`` objects (``{name: obj}`` with ``state_dict``, e.g. the data loader)."""
         every = self.cfg.trainer.save_steps
         if every and step % every == 0:
-            reserved = {"step", "rng", "wandb_id", "config"} & set(stateful)
+            reserved = {"step", "rng", "wandb_id", "config", "run_id"} & set(stateful)
             if reserved:
                 raise ValueError(f"checkpoint state names {sorted(reserved)} are reserved")
             with self.phase("checkpoint"):
                 state = {**{name: obj.state_dict() for name, obj in stateful.items()},
-                         "rng": checkpoint.rng_state(), "wandb_id": self.wandb_id,
+                         "rng": checkpoint.rng_state(), "wandb_id": self.wandb_id, "run_id": self.run_id,
                          "config": OmegaConf.to_container(self.cfg, resolve=True)}
                 checkpoint.save(self.output_dir, step, state, groups, self.cfg.trainer.keep_checkpoints)
 

@@ -187,6 +187,147 @@ def test_a_huge_constitution_is_refused_by_size(tmp_path):
         constitution.load_constitution(path)  # was: ~1 s per MB of YAML and ~30x its size in memory
 
 
+def test_a_key_given_twice_in_a_json_row_is_a_file_line_error(tmp_path):
+    from orchestrator.data import load_prompt_rows
+    from orchestrator.errors import DataError
+    from orchestrator.preference_data import load_pair_rows
+
+    cases = (("p.jsonl", '{"prompt": "ok"}\n{"prompt": "Write a kind reply.", "prompt": "Write an insult."}\n', ":2: key 'prompt'"),
+             ("p.json", '[{"prompt": "ok"},\n {"prompt": "a",\n  "prompt": "b"}]', ":2 (row 1): key 'prompt'"),
+             ("n.json", '[{"prompt": [{"role": "user", "content": "a", "content": "b"}]}]', ":1 (row 0): key 'content'"))
+    for name, text, where in cases:  # was: accepted, the last value silently winning
+        (tmp_path / name).write_text(text)
+        with pytest.raises(DataError) as err:
+            load_prompt_rows(str(tmp_path / name))
+        assert f"{tmp_path / name}{where}" in str(err.value) and "twice" in str(err.value) and "\n" not in str(err.value)
+    (tmp_path / "pairs.jsonl").write_text('{"prompt": "p", "chosen": "good", "rejected": "bad", "chosen": "bad"}\n')
+    with pytest.raises(DataError, match=r"pairs.jsonl:1: key 'chosen' appears twice"):
+        load_pair_rows(str(tmp_path / "pairs.jsonl"))
+    (tmp_path / "ok.json").write_text('[{"prompt": "a", "meta": {"prompt": "b"}}]')  # the same key in another object
+    assert load_prompt_rows(str(tmp_path / "ok.json")) == [{"prompt": "a", "meta": {"prompt": "b"}}]
+
+
+# ---- a reward file that ends the process at import --------------------------------------------------
+@pytest.mark.parametrize("body, expected", [
+    ("import os\nos._exit(0)\n", "exited with status 0"),  # was: the run ended rc 0 in 1 s, silently
+    ("import os\nos._exit(3)\n", "exited with status 3"),
+    ("import os\nos.kill(os.getpid(), 9)\n", "killed by signal 9 (SIGKILL)"),
+    ("raise ValueError('no model here\\nsecond line')\n", "failed: ValueError: no model here"),
+    ("import time\ntime.sleep(60)\n", "did not finish within 0.5s (reward.import_timeout_s)"),
+])
+def test_a_reward_file_that_exits_crashes_raises_or_blocks_at_import_is_one_line(tmp_path, body, expected):
+    from orchestrator.rewards.loader import check_reward_file
+
+    path = tmp_path / "bad_reward.py"
+    path.write_text(body + "def score(prompts, responses):\n    return [0.0] * len(responses)\n")
+    start = time.monotonic()
+    with pytest.raises(ConfigError) as err:
+        check_reward_file(f"{path}:score", timeout_s=0.5)
+    message = str(err.value)
+    assert expected in message and "bad_reward.py" in message and "\n" not in message, message
+    assert time.monotonic() - start < 10
+
+
+def test_the_driver_checks_the_reward_file_in_a_child_process(tmp_path):
+    import os
+
+    from orchestrator.prompts import load_prompt_data
+    from orchestrator.rewards.loader import check_reward_file
+
+    good = tmp_path / "good.py"
+    good.write_text(f"import os\nopen({str(tmp_path / 'pid')!r}, 'w').write(str(os.getpid()))\n"
+                    "def score(prompts, responses):\n    return [0.0] * len(responses)\n")
+    check_reward_file(f"{good}:score", timeout_s=30)
+    assert int((tmp_path / "pid").read_text()) != os.getpid()  # imported in a child: nothing of it stays here
+    with pytest.raises(ConfigError, match=r"has no function named 'other'"):
+        check_reward_file(f"{good}:other", timeout_s=30)
+    exits = tmp_path / "exits.py"
+    exits.write_text("import os\nos._exit(0)\n")
+    with pytest.raises(ConfigError, match=r"exits.py exited with status 0"):  # the driver's input check survives it
+        load_prompt_data(compose_config(f"reward.function={exits}:score"))
+
+
+# ---- rewards too large for the advantages -------------------------------------------------------------
+def test_advantages_that_overflow_from_finite_rewards_name_the_rewards():
+    import torch
+
+    from orchestrator.algorithms import ADVANTAGE_ESTIMATORS
+    from orchestrator.algorithms.advantages import check_finite_advantages
+    from orchestrator.errors import NumericalError
+
+    mask, zeros = torch.ones(4, 3), torch.zeros(4, 3)
+    rewards = [1e308, -1e308, 1.0, 2.0]  # finite, each one accepted by check_scores
+    for name in ("grpo", "rloo", "reinforce_pp", "gae"):  # was: every update skipped, "non-finite loss or gradient"
+        adv, ret = ADVANTAGE_ESTIMATORS.get(name)(torch.tensor(rewards), zeros, mask, zeros, 2, 1.0, 0.95)
+        with pytest.raises(NumericalError) as err:
+            check_finite_advantages(adv, ret, rewards, 3)
+        assert str(err.value).startswith("advantages and returns are not finite: the rewards of step 3 range over "
+                                         "[-1e+308, 1e+308]; rewards this large overflow float32")
+        assert "scale the reward down" in str(err.value) and "\n" not in str(err.value)
+    adv, ret = ADVANTAGE_ESTIMATORS.get("grpo")(torch.tensor([1.0, 2.0]), zeros[:2], mask[:2], None, 2, 1.0, 0.95)
+    check_finite_advantages(adv, ret, [1.0, 2.0], 1)  # finite: nothing to say
+    with pytest.raises(NumericalError, match=r"^returns are not finite: .*\[1, 2\]; the rewards are moderate, so the KL"):
+        check_finite_advantages(adv, ret * float("nan"), [1.0, 2.0], 1)
+
+
+# ---- a checkpoint of another run ------------------------------------------------------------------------
+def test_resume_auto_skips_a_checkpoint_of_another_run(tmp_path, caplog):
+    from omegaconf import OmegaConf, open_dict
+
+    from orchestrator import outputs
+    from orchestrator.data import PromptLoader
+    from orchestrator.errors import CheckpointError
+    from orchestrator.run import RunContext
+
+    cfg = compose_config("pipeline=dpo", "algorithm=dpo", "trainer.save_steps=1", "trainer.keep_checkpoints=9")
+
+    def ctx(out, resume, run_id=None):
+        with open_dict(cfg):
+            cfg.output_dir, cfg.resume = str(out), resume
+        c = RunContext.__new__(RunContext)  # past its start-up (no tokenizer, no Ray): what restore() needs
+        c.cfg, c.output_dir, c.times, c.steps_logged, c.wandb_id, c.run_id = cfg, out, {}, 0, None, run_id
+        return c
+
+    def restore(out, resume="auto"):
+        return ctx(out, resume).restore({}, {"loader": PromptLoader([1, 2], 1, 0)})
+
+    def save(out, step, run_id):  # what maybe_checkpoint writes
+        ctx(out, None, run_id).maybe_checkpoint(step, {}, {"loader": PromptLoader([1, 2], 1, 0)})
+
+    a, b, c = (tmp_path / name for name in "abc")
+    for folder in (a, b, c):
+        folder.mkdir()
+    mine, other = outputs.run_id(a), "f" * 32
+    assert outputs.run_id(a) == mine and len(mine) == 32 and outputs.read_run_id(b) is None
+    save(a, 2, mine)
+    assert checkpoint.read_state(a / "checkpoints" / "step_000002")[1]["run_id"] == mine
+    save(a, 4, other)  # run B's checkpoint copied into A's checkpoints/
+    assert restore(a) == 2  # was: resumed from step 4 silently
+    assert any("step_000004" in r.getMessage() and other in r.getMessage() and mine in r.getMessage()
+               for r in caplog.records)
+    foreign = a / "checkpoints" / "abandoned" / "step_000004"
+    assert foreign.is_dir()  # set aside, not deleted
+
+    legacy = {"loader": PromptLoader([1, 2], 1, 0).state_dict(), "rng": checkpoint.rng_state(),
+              "config": OmegaConf.to_container(cfg)}
+    checkpoint.save(a, 6, legacy, {}, 9)  # written before run ids: taken
+    assert restore(a) == 6
+
+    assert restore(b, str(foreign)) == 4  # resume=DIR into a new folder: a branch, with a run id of its own
+    assert outputs.run_id(b) not in (mine, other)
+
+    outputs.run_id(c)  # only another run's checkpoint: nothing to resume, nothing changed
+    save(c, 2, other)
+    with pytest.raises(CheckpointError, match="no checkpoint .* could be used"):
+        restore(c)
+    assert (c / "checkpoints" / "step_000002").is_dir()
+
+    assert "run.json" in outputs.remove_run(a) and outputs.read_run_id(a) is None  # overwrite=true: a new run
+    (a / "run.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"run.json: unreadable .* restore it, or delete it"):
+        outputs.read_run_id(a)
+
+
 # ---- end to end: a model folder without a tokenizer ---------------------------------------------------
 @pytest.mark.slow
 def test_a_model_folder_without_tokenizer_files_is_one_line_before_ray(tmp_path, tiny_model_path):

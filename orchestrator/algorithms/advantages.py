@@ -23,8 +23,25 @@ from torch import Tensor
 
 from orchestrator.algorithms.losses import masked_whiten
 from orchestrator.algorithms.registry import ADVANTAGE_ESTIMATORS
+from orchestrator.errors import NumericalError
 
 GROUP_STD_EPS = 1e-6
+LARGE_REWARD = 1e15  # rewards past this overflow float32 batch statistics (squares pass 3.4e38) in large batches
+
+
+def check_finite_advantages(advantages: Tensor, returns: Tensor, rewards: list[float], step: int) -> None:
+    """NumericalError (one line, naming the rewards) when the advantages or returns an estimator
+    computed from the finite ``rewards`` of ``step`` are not finite: otherwise every update of the
+    step is skipped as a "non-finite loss" and the run stops later blaming the loss."""
+    bad = [name for name, t in (("advantages", advantages), ("returns", returns)) if not bool(torch.isfinite(t).all())]
+    if not bad:
+        return
+    low, high = min(rewards), max(rewards)
+    why = (f"rewards this large overflow float32 (at most 3.4e38, and squared for normalisation); scale the "
+           f"reward down (|reward| < {LARGE_REWARD:g})" if max(-low, high) >= LARGE_REWARD else
+           "the rewards are moderate, so the KL penalty or the critic's values were not finite")
+    raise NumericalError(f"{' and '.join(bad)} are not finite: the rewards of step {step} range over "
+                         f"[{low:g}, {high:g}]; {why}")
 
 
 def _check_shapes(rewards: Tensor, kl_penalty: Tensor, mask: Tensor) -> None:

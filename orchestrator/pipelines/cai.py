@@ -34,9 +34,9 @@ from pathlib import Path
 from orchestrator import constitution as con
 from orchestrator.algorithms.feedback import first_preferred_probability, position_agreement
 from orchestrator.batching import pack_samples
-from orchestrator.data import load_prompt_rows, render_prompt
+from orchestrator.data import load_prompt_rows, load_train_and_held_out, render_prompt
 from orchestrator.errors import ConfigError, DataError
-from orchestrator.inputs import load_train_and_held_out, resolve_data_path
+from orchestrator.inputs import resolve_data_path
 from orchestrator.pipelines.offline import encode_both, fit
 from orchestrator.placement import role_specs
 from orchestrator.preference_data import encode_sft, prompt_text

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import logging
 
+from orchestrator.data import load_train_and_held_out
 from orchestrator.errors import DataError
 from orchestrator.loop import train
-from orchestrator.inputs import load_train_and_held_out
 from orchestrator.preference_data import load_pair_rows, load_sft_rows
 
 log = logging.getLogger("tether")

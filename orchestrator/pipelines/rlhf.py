@@ -19,6 +19,7 @@ import math
 import torch
 
 from orchestrator.algorithms import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, make_kl_controller, masked_whiten
+from orchestrator.algorithms.advantages import check_finite_advantages
 from orchestrator.batching import pack_samples, with_fields
 from orchestrator.data import PromptLoader
 from orchestrator.loop import train
@@ -86,6 +87,7 @@ def run(cfg) -> dict:
             advantages, returns = estimator(rewards, penalty, mask, values, a.n_samples, a.gamma, a.lam)
             if a.estimator == "gae" and a.whiten_advantages:
                 advantages = masked_whiten(advantages, mask) * mask
+            check_finite_advantages(advantages, returns, scores["reward"], n)
 
             train_batch = with_fields(batch, old_logprobs=old_logp, ref_logprobs=ref_logp, advantages=advantages,
                                       returns=returns, old_values=values, kl_coef=kl_ctl.coef)

@@ -3,14 +3,18 @@ check what it returns.
 
 Importing the file is bounded in time (``reward.import_timeout_s``): the import runs in a daemon
 thread, so a file that blocks at import (a sleep, a network call) fails with one line instead of
-hanging the caller, and the stuck thread never keeps the process from exiting.
+hanging the caller, and the stuck thread never keeps the process from exiting. The driver's input
+check (:func:`check_reward_file`) imports it in a forked child instead, so a file that ends the
+process at import (``os._exit``, a crash) fails with one line rather than ending the run silently.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import math
+import multiprocessing
 import numbers
+import signal
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -56,20 +60,69 @@ def _import_bounded(path: Path, spec: str, timeout_s: float):
     return module
 
 
-def load_reward_function(spec: str, timeout_s: float = DEFAULT_IMPORT_TIMEOUT_S) -> Callable:
-    """Import ``FILE.py:NAME`` (waiting at most ``timeout_s``) and return the callable; ConfigError on
-    any problem."""
+def _resolve_spec(spec: str) -> tuple[Path, str]:
+    """``(file, function name)`` of ``FILE.py:NAME``; ConfigError unless the file exists."""
     if ":" not in spec:
         raise ConfigError(f"reward.function={spec!r} must look like path/to/file.py:function_name")
     file_part, name = spec.rsplit(":", 1)
     path = resolve_file(file_part)
     if not path.is_file():
         raise ConfigError(f"reward.function={spec!r}: no such file: {file_part}")
+    return path, name
+
+
+def load_reward_function(spec: str, timeout_s: float = DEFAULT_IMPORT_TIMEOUT_S) -> Callable:
+    """Import ``FILE.py:NAME`` (waiting at most ``timeout_s``) and return the callable; ConfigError on
+    any problem."""
+    path, name = _resolve_spec(spec)
     module = _import_bounded(path, spec, timeout_s)
     fn = getattr(module, name, None)
     if not callable(fn):
         raise ConfigError(f"reward.function={spec!r}: {path.name} has no function named {name!r}")
     return fn
+
+
+def _check_in_child(spec: str, conn) -> None:
+    """In the forked child: import the file and send back "ok" or the one-line error."""
+    try:
+        load_reward_function(spec, timeout_s=10**9)  # the parent bounds the time
+        conn.send("ok")
+    except BaseException as exc:  # noqa: BLE001 (user code, SystemExit included: reported by the parent)
+        conn.send(str(exc).splitlines()[0] if isinstance(exc, ConfigError) else
+                  f"reward.function={spec!r}: importing failed: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
+    conn.close()
+
+
+def check_reward_file(spec: str, timeout_s: float = DEFAULT_IMPORT_TIMEOUT_S) -> None:
+    """Check that ``FILE.py:NAME`` imports and names a function, importing it in a forked child
+    process (nothing is imported again) bounded by ``timeout_s``: a file that exits, crashes, raises
+    or blocks at import is a one-line ConfigError naming the file and what happened."""
+    path, _ = _resolve_spec(spec)
+    ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_check_in_child, args=(spec, send), name=f"import {path.name}")
+    child.start()
+    send.close()
+    try:
+        if not receive.poll(timeout_s):
+            raise ConfigError(f"reward.function={spec!r}: importing {path} did not finish within {timeout_s:g}s "
+                              "(reward.import_timeout_s); does the file block at import?")
+        try:
+            answer = receive.recv()
+        except EOFError:  # the child ended without a word
+            child.join(5)
+            code = child.exitcode
+            how = (f"was killed by signal {-code} ({signal.Signals(-code).name})" if code is not None and code < 0
+                   else f"exited with status {code}" if code is not None else "closed its pipe")
+            raise ConfigError(f"reward.function={spec!r}: the process importing {path} {how} before the import "
+                              "finished; does the file call os._exit/sys.exit or crash at import?") from None
+        if answer != "ok":
+            raise ConfigError(answer)
+    finally:
+        receive.close()
+        if child.is_alive():
+            child.kill()
+        child.join(5)
 
 
 def _is_real(x: Any) -> bool:
