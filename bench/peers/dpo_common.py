@@ -1,0 +1,39 @@
+"""Shared by the DPO peers: the 64 pairs (orchestrator/assets/preferences/tiny.jsonl, as shipped), their
+token ids (as Tether encodes them: chat-templated prompt, response + EOS) and the step-time summary.
+Imports only torch/transformers, so it runs in the project venv and in the TRL venv."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PAIRS = ROOT / "orchestrator" / "assets" / "preferences" / "tiny.jsonl"
+BATCH, BETA, LR, STEPS, THREADS = 8, 0.1, 1e-6, 8, 2
+T0_ENV = "BENCH_T0"  # the driver's time.time() just before it started the process
+
+
+def rows() -> list[dict]:
+    return [json.loads(line) for line in PAIRS.read_text().splitlines() if line.strip()]
+
+
+def render(tok, prompt: str) -> str:
+    return tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+
+
+def encode(tok, data: list[dict]) -> list[dict]:
+    """prompt_ids / chosen_ids / rejected_ids, as orchestrator.preference_data.encode_pairs builds them."""
+    ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    return [{"prompt_ids": ids(render(tok, r["prompt"])), "chosen_ids": ids(r["chosen"]) + [tok.eos_token_id],
+             "rejected_ids": ids(r["rejected"]) + [tok.eos_token_id]} for r in data]
+
+
+def summary(step_s: list[float], first_step_s: float | None, **extra) -> dict:
+    """Median of steps 3..N (1-based) after warm-up, plus every step and the time to first step."""
+    return {"median_s": statistics.median(step_s[2:]), "steps_s": step_s, "first_step_s": first_step_s, **extra}
+
+
+def since_start(t0_env: str | None) -> float | None:
+    return time.time() - float(t0_env) if t0_env else None
