@@ -24,6 +24,7 @@ import os
 import shutil
 from pathlib import Path
 
+from orchestrator import atomic
 from orchestrator.errors import CheckpointError
 
 log = logging.getLogger("tether")
@@ -217,9 +218,7 @@ def truncate_metrics(path: Path, step: int) -> None:
                                   "resume") from None
         if row.get("step", 0) <= step:
             kept.append(line.decode() + "\n")
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(kept))
-    os.replace(tmp, path)
+    atomic.write_text(path, "".join(kept))
 
 
 def rng_state() -> dict:

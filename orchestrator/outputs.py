@@ -29,7 +29,7 @@ import time
 import uuid
 from pathlib import Path
 
-from orchestrator import checkpoint
+from orchestrator import atomic, checkpoint
 from orchestrator.errors import CheckpointError, ConfigError
 
 log = logging.getLogger("tether")
@@ -137,9 +137,7 @@ def run_id(output_dir: Path) -> str:
     if found:
         return found
     new, path = uuid.uuid4().hex, Path(output_dir) / RUN_ID_FILE
-    tmp = path.with_name(f".{RUN_ID_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"run_id": new}) + "\n")
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps({"run_id": new}) + "\n")
     return new
 
 

@@ -32,6 +32,12 @@ def remote_class(name: str):
     return ray.remote(getattr(importlib.import_module(WORKER_MODULES[name]), name))
 
 
+def restarted_by_ray(cfg) -> dict:
+    """Actor options of a stateless role: Ray restarts its process (up to ``cluster.max_restarts``)
+    and retries the call that was in flight."""
+    return {"max_restarts": cfg.cluster.max_restarts, "max_task_retries": cfg.cluster.max_restarts}
+
+
 class TrainerGroup:
     """``num_ranks`` TrainerRank actors forming one DeepSpeed world, training ``role`` (the placement
     role: policy, critic, reward_model) with ``objective`` (see ``workers/objectives.py``).
@@ -135,7 +141,7 @@ class RolloutPool:
 
     def __init__(self, cfg, model_path: str, placement: Placement, tag: str):
         self.timeout_s, self.max_restarts = cfg.cluster.call_timeout_s, cfg.cluster.max_restarts
-        restart = {"max_restarts": self.max_restarts, "max_task_retries": self.max_restarts}
+        restart = restarted_by_ray(cfg)
         self.actors = [
             remote_class("RolloutWorker").options(name=f"rollout-{i}-{tag}", **restart, **placement.options("rollout", i))
             .remote(model_path, RolloutSpec.of(cfg))
@@ -183,19 +189,16 @@ class RolloutPool:
 def feedback_actor(cfg, model_path: str, placement: Placement):
     """The feedback model's actor (role ``feedback``, pipeline=cai). It holds no state, so like the
     reward actor it is restarted by Ray when its process dies and the call is retried."""
-    n = cfg.cluster.max_restarts
-    return (remote_class("FeedbackWorker").options(name=f"feedback-{uuid.uuid4().hex[:6]}", max_restarts=n,
-                                               max_task_retries=n, **placement.options("feedback"))
+    return (remote_class("FeedbackWorker").options(name=f"feedback-{uuid.uuid4().hex[:6]}", **restarted_by_ray(cfg),
+                                               **placement.options("feedback"))
             .remote(model_path, ForwardSpec.feedback(cfg)))
 
 
 def reward_actor(cfg, placement: Placement, tag: str):
     """The reward actor (role ``reward``): restarted by Ray when its process dies, the call retried.
     The reward server's token is a constructor argument, never a runtime_env env var (Ray logs those)."""
-    n = cfg.cluster.max_restarts
     token = Secret(os.environ.get(cfg.reward.remote_token_env, "")) if cfg.reward.remote_url else None
-    return (remote_class("RewardWorker").options(name=f"reward-{tag}", max_restarts=n, max_task_retries=n,
-                                             **placement.options("reward"))
+    return (remote_class("RewardWorker").options(name=f"reward-{tag}", **restarted_by_ray(cfg), **placement.options("reward"))
             .remote(RewardSpec.of(cfg), token))
 
 

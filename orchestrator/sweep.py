@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import textwrap
 from collections import Counter
@@ -36,6 +35,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
+from orchestrator import atomic
 from orchestrator.errors import ConfigError
 
 # sweep.metric=null picks the first one reported: rlhf's reward, dpo's and rm's pair accuracy (held-out first)
@@ -184,9 +184,7 @@ def write_trial_record(trial: Trial, status: str, output_dir: str | None, metric
               "output_dir": output_dir, "error": error}
     trial.job_dir.mkdir(parents=True, exist_ok=True)
     path = trial.job_dir / TRIAL_RECORD
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(record, indent=1) + "\n")
     return path
 
 

@@ -14,6 +14,7 @@ import numbers
 import os
 from typing import Any
 
+from orchestrator import atomic
 from orchestrator.errors import ConfigError
 
 METRICS_FILE = "metrics.jsonl"
@@ -146,27 +147,25 @@ class Tracker:
         self._file.flush()
         if self._run is not None:
             self._run.log(values, step=step)
-        if self._writer is not None:
-            for key, value in values.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self._writer.add_scalar(key, value, step)
-            self._writer.flush()
+        self._scalars(values, step)
 
     def summarize(self, step: int, metrics: dict[str, float], path: str) -> None:
         """Record a run's closing results (not a step's): the JSON object ``path`` (written atomically),
         the wandb run's summary, and TensorBoard scalars at ``step`` (the last step)."""
         values = {str(k): _to_python(v) for k, v in metrics.items()}
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({k: _json_safe(v) for k, v in values.items()}, fh, indent=1)
-        os.replace(tmp, path)
+        atomic.write_text(path, json.dumps({k: _json_safe(v) for k, v in values.items()}, indent=1))
         if self._run is not None:
             self._run.summary.update(values)
-        if self._writer is not None:
-            for key, value in values.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self._writer.add_scalar(key, value, int(step))
-            self._writer.flush()
+        self._scalars(values, int(step))
+
+    def _scalars(self, values: dict, step: int) -> None:
+        """The numbers of ``values`` as TensorBoard scalars at ``step`` (when TensorBoard is on)."""
+        if self._writer is None:
+            return
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._writer.add_scalar(key, value, step)
+        self._writer.flush()
 
     def locations(self) -> dict[str, str]:
         """Return where this run writes: metrics file, TensorBoard dir and wandb run dir."""

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import time
 import uuid
 from pathlib import Path
 
 
+from orchestrator import atomic
 from orchestrator import constitution as con
 from orchestrator.algorithms.feedback import first_preferred_probability, position_agreement
 from orchestrator.batching import pack_samples
@@ -62,9 +62,7 @@ def load_cai_data(cfg) -> tuple[list[dict], list[dict]]:
 def write_jsonl(path, rows: list[dict]) -> None:
     """Write rows atomically (temporary file, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def generate_texts(ctx, rollouts: RolloutPool, conversations: list, n: int, call: int, what: str) -> list[str]:
