@@ -31,11 +31,14 @@ else the local head at {url} (`submit` starts it when it is not running):
   status JOB_ID | logs JOB_ID [--follow] | stop JOB_ID | list | actors JOB_ID    [--address URL]
       actors: the job's actors by role name (rollout-0-..., policy-rank0-..., reward-...)
 Local head node (dashboard / Jobs API on {host}:{port}, temp dir {dir}):
-  head start [--num-cpus N] | head stop | head status
+  head start [--num-cpus N] [-- RAY_START_OPTIONS...] | head stop | head status
+      start checks every fixed port first (a taken one: one error line naming the setting to change)
+      and prints the exports plain `ray status` / `ray list actors` / `ray job submit` need
 TensorBoard:
   tensorboard [DIR] [--port N] [--host H]    serve DIR (default {outputs}) on 127.0.0.1:6006
 Environment: TETHER_HEAD_DIR, TETHER_DASHBOARD_HOST, TETHER_DASHBOARD_PORT, TETHER_GCS_PORT,
-TETHER_CLIENT_PORT, TETHER_HEAD_NUM_CPUS, TETHER_OUTPUT_ROOT. Jobs get HF_HUB_OFFLINE (default 1),
+TETHER_CLIENT_PORT, TETHER_DASHBOARD_AGENT_PORT, TETHER_DASHBOARD_AGENT_GRPC_PORT (free ones when
+unset), TETHER_HEAD_NUM_CPUS, TETHER_OUTPUT_ROOT. Jobs get HF_HUB_OFFLINE (default 1),
 WANDB_MODE (offline unless WANDB_API_KEY is set) and TETHER_CACHE when set. Secrets are never sent
 with a job (Ray writes a job's env vars to its logs): a job logs to wandb online when the Ray node
 running it has WANDB_API_KEY in its environment; `head start` passes on the one set here, and
@@ -206,8 +209,12 @@ def head_command(argv: list[str], head: Head) -> int:
     parser = Parser(prog="head")
     parser.add_argument("action", choices=["start", "stop", "status"])
     parser.add_argument("--num-cpus", default=head.num_cpus)
+    parser.add_argument("ray_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     head.num_cpus = args.num_cpus
+    head.ray_args = tuple(args.ray_args[1:] if args.ray_args[:1] == ["--"] else args.ray_args)
+    if head.ray_args and args.action != "start":
+        raise LaunchError(f"head {args.action} takes no ray start options")
     if args.action == "start":
         head_start(head)
     elif args.action == "stop":

@@ -37,13 +37,24 @@ class Head:
     gcs_port: int = 6379
     client_port: int = 10001
     num_cpus: str = ""
+    agent_port: int = 0  # dashboard agent HTTP port; 0: a free one picked at start
+    agent_grpc_port: int = 0  # dashboard agent gRPC port; 0: a free one picked at start
+    ray_args: tuple[str, ...] = ()  # more `ray start` options (`head start -- ARGS`)
 
     @classmethod
     def from_env(cls) -> "Head":
         e = os.environ
+
+        def port(name: str, default: str) -> int:
+            value = e.get(name, default)
+            if not value.isdigit() or int(value) > 65535:
+                raise LaunchError(f"{name}={value} is not a port number")
+            return int(value)
+
         return cls(e.get("TETHER_HEAD_DIR", f"/tmp/tether-ray-{os.getuid()}"), e.get("TETHER_DASHBOARD_HOST", "127.0.0.1"),
-                   int(e.get("TETHER_DASHBOARD_PORT", "8265")), int(e.get("TETHER_GCS_PORT", "6379")),
-                   int(e.get("TETHER_CLIENT_PORT", "10001")), e.get("TETHER_HEAD_NUM_CPUS", ""))
+                   port("TETHER_DASHBOARD_PORT", "8265"), port("TETHER_GCS_PORT", "6379"),
+                   port("TETHER_CLIENT_PORT", "10001"), e.get("TETHER_HEAD_NUM_CPUS", ""),
+                   port("TETHER_DASHBOARD_AGENT_PORT", "0"), port("TETHER_DASHBOARD_AGENT_GRPC_PORT", "0"))
 
     @property
     def url(self) -> str:
@@ -127,11 +138,63 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_in_use(port: int, host: str = "0.0.0.0") -> bool:
+    """Whether something on this machine already holds ``port`` (a listener on any address)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a TIME_WAIT leftover is no clash
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def head_ports(head: Head) -> list[tuple[int, str, str]]:
+    """``(port, what, setting to change)`` for each fixed port of the head, free ports picked for
+    the dashboard agent when not set. Ray itself would start with a busy agent port and only fail
+    later, on every job submission ("No available agent")."""
+    if not head.agent_port:
+        head.agent_port = free_port()
+    if not head.agent_grpc_port:
+        head.agent_grpc_port = free_port()
+    ports = [(head.gcs_port, "GCS", "TETHER_GCS_PORT"), (head.port, "dashboard / Jobs API", "TETHER_DASHBOARD_PORT"),
+             (head.client_port, "Ray Client server", "TETHER_CLIENT_PORT"),
+             (head.agent_port, "dashboard agent", "TETHER_DASHBOARD_AGENT_PORT"),
+             (head.agent_grpc_port, "dashboard agent gRPC", "TETHER_DASHBOARD_AGENT_GRPC_PORT")]
+    args = list(head.ray_args)  # e.g. --object-manager-port=8076 (or ... 8076) given after `head start --`
+    for i, arg in enumerate(args):
+        flag, eq, value = arg.partition("=")
+        if not eq and i + 1 < len(args):
+            value = args[i + 1]
+        if flag.endswith("-port") and value.isdigit() and flag not in ("--min-worker-port", "--max-worker-port"):
+            ports.append((int(value), flag.lstrip("-"), flag))
+    return ports
+
+
+def check_ports(head: Head) -> None:
+    """LaunchError naming the first fixed port that is taken, and the setting that moves it."""
+    for port, what, setting in head_ports(head):
+        if port_in_use(port):
+            raise LaunchError(f"port {port} ({what}) is already in use on this machine; "
+                              f"set {setting} to a free port (or stop what holds it)")
+
+
+def connection_lines(head: Head) -> str:
+    """Shell lines that let plain ``ray`` commands (``ray status``, ``ray list actors``, ``ray job
+    submit``) reach this head: without ``RAY_AUTH_MODE=token`` they fail with an auth error."""
+    token = "$RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token")
+    gcs = _gcs_address(head) or f"127.0.0.1:{head.gcs_port}"
+    return (f"plain ray commands in another shell on this machine need (token from {token}):\n"
+            f"  export RAY_AUTH_MODE=token RAY_ADDRESS={gcs} RAY_API_SERVER_ADDRESS={head.url}")
+
+
 def head_start(head: Head) -> None:
-    """``ray start --head`` with the dashboard on ``head.host`` and token authentication on."""
+    """``ray start --head`` with the dashboard on ``head.host``, token authentication on, and every
+    fixed port checked first (a taken one is one error line naming its setting)."""
     if reachable(head.url):
         note(f"a Ray head already answers at {head.url}")
         return
+    check_ports(head)
     head.dir = os.path.abspath(head.dir)
     os.makedirs(head.dir, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
@@ -143,9 +206,11 @@ def head_start(head: Head) -> None:
         note(f"warning: the dashboard / Jobs API will listen on {head.host}")
     args = ["ray", "start", "--head", "--temp-dir", head.dir, "--port", str(head.gcs_port), "--include-dashboard", "true",
             "--dashboard-host", head.host, "--dashboard-port", str(head.port), "--ray-client-server-port",
-            str(head.client_port), "--dashboard-agent-listen-port", str(free_port()), "--disable-usage-stats"]
+            str(head.client_port), "--dashboard-agent-listen-port", str(head.agent_port), "--dashboard-agent-grpc-port",
+            str(head.agent_grpc_port), "--disable-usage-stats"]
     if head.num_cpus:
         args += ["--num-cpus", head.num_cpus]
+    args += list(head.ray_args)
     note(f"starting a local Ray head (temp dir {head.dir}) ...")
     log_path = os.path.join(head.dir, "head-start.log")
     for attempt in (1, 2):  # Ray gives its raylet 30 s to register: a busy machine can miss that once
@@ -164,7 +229,9 @@ def head_start(head: Head) -> None:
         time.sleep(1)
     else:
         raise LaunchError(f"the head started but its dashboard does not answer at {head.url} (log: {log_path})")
-    note(f"local Ray head up: dashboard {head.url}, GCS {_gcs_address(head) or '?'}")
+    note(f"local Ray head up: dashboard {head.url}, GCS {_gcs_address(head) or '?'}, "
+         f"dashboard agent {head.agent_port} (gRPC {head.agent_grpc_port})")
+    print(connection_lines(head), flush=True)
 
 
 def _gcs_address(head: Head) -> str | None:

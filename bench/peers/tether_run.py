@@ -1,0 +1,104 @@
+"""Run Tether's CLI once on a peer's work and read its step times back from metrics.jsonl, with the memory
+of every process of the run.
+
+    .venv/bin/python bench/peers/tether_run.py dpo|grpo|rloo MODEL_DIR OUT.json WORK_DIR [override ...]
+
+Time to first step: from just before the process starts to the moment metrics.jsonl first holds a step-1
+row (polled every 0.2 s). Step times: ``time/step`` and every phase (``time/generate``, ``time/train``, ...)
+of each row. Memory: the resident set (RSS) of the driver and of every Ray worker process under it,
+sampled every 0.2 s; Ray titles a worker process ``ray::<actor class>...``, which names it here. Besides
+each one's peak, its RSS when each step's row appears shows whether anything grows step over step.
+"""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+import common as c
+
+WORK = {
+    "dpo": ["pipeline=dpo", f"data.path={c.PAIRS}", f"trainer.mini_batch_size={c.BATCH}",
+            f"trainer.micro_batch_size={c.BATCH}", f"algorithm.beta={c.BETA}", f"trainer.lr={c.LR}",
+            f"trainer.max_steps={c.STEPS}"],
+    **{algo: ["pipeline=rlhf", f"algorithm={algo}", f"data.path={c.PROMPTS}", "data.eval_path=null",
+              f"trainer.rollout_batch_size={c.RL['prompts_per_step']}", f"algorithm.n_samples={c.RL['samples']}",
+              f"rollout.max_new_tokens={c.RL['new_tokens']}", "algorithm.kl_coef=0",
+              f"trainer.mini_batch_size={c.RL['prompts_per_step'] * c.RL['samples']}", "trainer.micro_batch_size=8",
+              f"trainer.lr={c.RL['lr']}", f"trainer.max_steps={c.RL['steps']}",
+              "reward.function=orchestrator/rewards/examples.py:letter_frequency"]
+       for algo in ("grpo", "rloo")},
+}
+
+
+def rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass  # a line still being written
+    return [r for r in out if "time/step" in r]
+
+
+def processes(proc: psutil.Process) -> dict[str, int]:
+    """RSS in bytes of the driver and each Ray actor process under it, by ``ActorClass pid``."""
+    out = {"driver": proc.memory_info().rss}
+    for child in proc.children(recursive=True):
+        try:
+            title = " ".join(child.cmdline())
+            actor = re.match(r"ray::(\w+)", title)
+            if actor and actor.group(1) != "IDLE":
+                out[f"{actor.group(1)} {child.pid}"] = child.memory_info().rss
+        except psutil.Error:
+            pass
+    return out
+
+
+def main(work_name, model_dir, out, work, *overrides):
+    work = Path(work)
+    shutil.rmtree(work, ignore_errors=True)
+    cmd = [sys.executable, "-m", "orchestrator", *WORK[work_name], f"model.path={model_dir}", "model.gguf=null",
+           "logger.wandb=false", "logger.progress_bar=false", "trainer.save_final=false", f"output_dir={work}",
+           *overrides]
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, cwd=c.ROOT)
+    ps = psutil.Process(proc.pid)
+    first, peak, at_steps, seen = None, {}, [], 0
+    while proc.poll() is None:
+        try:
+            now = processes(ps)
+        except psutil.Error:
+            now = {}
+        for k, v in now.items():
+            peak[k] = max(peak.get(k, 0), v)
+        done = len(rows(work / "metrics.jsonl"))
+        if done > seen:
+            seen = done
+            at_steps.append({k: round(v / 2**20) for k, v in now.items()})
+            if first is None:
+                first = time.time() - t0
+        time.sleep(0.2)
+    total = time.time() - t0
+    if proc.returncode != 0:
+        sys.exit(f"tether exited {proc.returncode}")
+    data = rows(work / "metrics.jsonl")
+    keys = sorted({k for r in data for k in r if k.startswith("time/")})
+    phases = {k: [r.get(k) for r in data] for k in keys}
+    medians = {k: c.statistics.median([v for v in vs[2:] if v is not None] or [0]) for k, vs in phases.items()}
+    res = c.summary(phases["time/step"], first if first is not None else total, total_s=total,
+                    overrides=list(overrides), phases=phases, phase_medians=medians,
+                    peak_rss_mb={k: round(v / 2**20) for k, v in peak.items()}, rss_at_steps_mb=at_steps,
+                    reward=[r.get("reward/mean") for r in data])
+    json.dump(res, open(out, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
