@@ -1,18 +1,24 @@
-"""Atomic checkpoints of a run, and finding the newest good one.
+"""Checkpoints of a run in its storage, and finding the newest good one.
 
-Layout: ``<output_dir>/checkpoints/step_000012/`` holding one DeepSpeed checkpoint folder per
+Layout: ``<storage>/checkpoints/step_000012/`` (``storage`` is ``output_dir`` unless set; a folder
+path or a bucket URI, see ``orchestrator/storage.py``) holding one DeepSpeed checkpoint folder per
 trainer group (``policy/``, ``critic/``: weights, optimizer and scheduler state, ZeRO partitions
-included) and ``state.json`` (step, data-loader position, KL controller, the resolved config).
-A checkpoint is written to ``.tmp_step_...`` and renamed into place only once complete; the
-``COMPLETE`` file written last lists the groups and the size and SHA-256 of every file. A folder
-without it, with unreadable ``state.json``, a missing group, or a file whose size or hash differs
-(truncated, corrupted or replaced) is skipped with a warning and the previous one used. The ranks
-then read DeepSpeed's pickled files with ``torch.load(weights_only=True)`` (``workers/safe_torch_load.py``).
+included, and each rank's ``manifest_rank<R>.json``) and ``state.json`` (step, data-loader position,
+KL controller, the resolved config). Each rank saves on its own node and copies its files to storage
+with their size and SHA-256; the driver then writes ``state.json`` and, last, ``COMPLETE``, which lists
+the groups and every file's size and SHA-256 (the ranks' manifests): nothing is renamed, and a folder
+without ``COMPLETE`` (half-written) is not a checkpoint. A folder without it, with unreadable or
+altered ``state.json``, a missing group, or a missing file or one of another size is skipped with a
+warning and the previous one used; a file whose hash differs is found by the rank that loads it (it
+checks every file on its own disk before DeepSpeed reads any) and that checkpoint is skipped too. The
+ranks then read DeepSpeed's pickled files with ``torch.load(weights_only=True)``
+(``workers/safe_torch_load.py``).
 
 A run resumed from an older checkpoint than the newest starts a new timeline: the newer ones are
 moved to ``checkpoints/abandoned/`` (:func:`set_aside_newer`), where neither ``resume=auto`` nor
 pruning sees them. A resume is refused when a field that the saved state depends on differs
-(:data:`RESUME_FIELDS`, :func:`mismatch`).
+(:data:`RESUME_FIELDS`, :func:`mismatch`). Functions taking ``where`` take a run's storage location:
+a ``Path`` or a URI string.
 """
 
 from __future__ import annotations
@@ -20,48 +26,48 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
 
-from orchestrator import atomic
+from orchestrator import atomic, storage
 from orchestrator.errors import CheckpointError
 
 log = logging.getLogger("tether")
-STATE_FILE, COMPLETE_FILE = "state.json", "COMPLETE"
+STATE_FILE, COMPLETE_FILE = "state.json", storage.MARKER
 
 
-def root(output_dir: Path) -> Path:
+def root(output_dir):
     """The folder holding a run's checkpoints."""
-    return Path(output_dir) / "checkpoints"
+    return storage.child(storage.location(output_dir), "checkpoints")
 
 
-def step_folders(output_dir: Path) -> list[Path]:
+def _number(folder) -> tuple[int, str]:
+    digits = storage.name(folder)[len("step_"):]
+    return (int(digits), storage.name(folder)) if digits.isdigit() else (-1, storage.name(folder))
+
+
+def step_folders(output_dir) -> list:
     """The live timeline's ``step_N`` folders, oldest first by step number (``step_1000000`` sorts
     after ``step_999999``, which a sort by name would not do)."""
-    def number(folder: Path) -> tuple[int, str]:
-        digits = folder.name[len("step_"):]
-        return (int(digits), folder.name) if digits.isdigit() else (-1, folder.name)
-
-    return sorted(root(output_dir).glob("step_*"), key=number)
+    base = root(output_dir)
+    return sorted((storage.child(base, n) for n in storage.list_names(base) if n.startswith("step_")), key=_number)
 
 
-def save(output_dir: Path, step: int, state: dict, groups: dict, keep: int) -> Path:
-    """Write checkpoint ``step`` (every group saves its ranks' DeepSpeed state), keep the newest ``keep``."""
-    final = root(output_dir) / f"step_{step:06d}"
-    tmp = root(output_dir) / f".tmp_step_{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+def save(output_dir, step: int, state: dict, groups: dict, keep: int):
+    """Write checkpoint ``step`` (every group's ranks copy their DeepSpeed state to storage themselves),
+    then ``state.json`` and the ``COMPLETE`` marker; keep the newest ``keep``."""
+    folder = storage.child(root(output_dir), f"step_{step:06d}")
+    storage.remove(folder)  # a half-written one of an earlier attempt
     for name, group in groups.items():
-        group.save_checkpoint(str(tmp / name))
-    (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=1))
-    (tmp / COMPLETE_FILE).write_text(json.dumps({"groups": sorted(groups), "files": _manifest(tmp)}, indent=1))
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
+        group.save_checkpoint(str(storage.child(folder, name)))
+    text = json.dumps({"step": step, **state}, indent=1)
+    storage.write_text(storage.child(folder, STATE_FILE), text)
+    files = {STATE_FILE: [len(text.encode()), hashlib.sha256(text.encode()).hexdigest()]}
+    for name in groups:
+        files.update({f"{name}/{rel}": v for rel, v in storage.rank_manifests(storage.child(folder, name)).items()})
+    storage.write_text(storage.child(folder, COMPLETE_FILE), json.dumps({"groups": sorted(groups), "files": files}, indent=1))
     for old in step_folders(output_dir)[:-keep] if keep > 0 else []:  # live timeline only
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+        storage.remove(old)
+    return folder
 
 
 ABANDONED = "abandoned"
@@ -93,12 +99,12 @@ def mismatch(old: dict, new: dict) -> tuple[str, object, object] | None:
     return None
 
 
-def read_state(folder: Path) -> tuple[Path, dict] | None:
+def read_state(folder) -> tuple[object, dict] | None:
     """``(folder, state)`` when ``folder`` has a COMPLETE marker and a readable ``state.json`` (no
     hashing: a cheap look before anything starts), else None."""
     try:
-        if (folder / COMPLETE_FILE).is_file():
-            state = json.loads((folder / STATE_FILE).read_text())
+        if storage.is_file(storage.child(folder, COMPLETE_FILE)):
+            state = json.loads(storage.read_text(storage.child(folder, STATE_FILE)))
             if isinstance(state, dict):
                 return folder, state
     except (OSError, ValueError):
@@ -106,7 +112,7 @@ def read_state(folder: Path) -> tuple[Path, dict] | None:
     return None
 
 
-def newest_state(output_dir: Path) -> tuple[Path, dict] | None:
+def newest_state(output_dir) -> tuple[object, dict] | None:
     """The newest checkpoint of the live timeline that :func:`read_state` reads, or None."""
     for folder in reversed(step_folders(output_dir)):
         found = read_state(folder)
@@ -115,86 +121,98 @@ def newest_state(output_dir: Path) -> tuple[Path, dict] | None:
     return None
 
 
-def set_aside_newer(output_dir: Path, step: int) -> list[Path]:
+def set_aside_newer(output_dir, step: int) -> list:
     """Move the checkpoints newer than ``step`` (an abandoned timeline after resuming an older one, or
     broken ones skipped) to ``checkpoints/abandoned/``; nothing is deleted. Returns their new paths."""
     moved = []
-    for folder in sorted(root(output_dir).glob("step_*")):
-        try:
-            newer = int(folder.name.split("_")[1]) > step
-        except (IndexError, ValueError):
-            continue
-        if newer:
-            dest = root(output_dir) / ABANDONED / folder.name
-            n = 1
-            while dest.exists():
+    base = root(output_dir)
+    taken = set(storage.list_names(storage.child(base, ABANDONED)))
+    for folder in step_folders(output_dir):
+        if _number(folder)[0] > step:
+            name = storage.name(folder)
+            dest, n = name, 1
+            while dest in taken:
                 n += 1
-                dest = root(output_dir) / ABANDONED / f"{folder.name}.{n}"
-            dest.parent.mkdir(exist_ok=True)
-            os.rename(folder, dest)
-            moved.append(dest)
+                dest = f"{name}.{n}"
+            taken.add(dest)
+            storage.move(folder, storage.child(base, ABANDONED, dest))
+            moved.append(storage.child(base, ABANDONED, dest))
     if moved:
         log.warning("resumed at step %d: moved %d newer checkpoint(s) of the abandoned timeline to %s (%s); "
                     "resume=auto and trainer.keep_checkpoints ignore them", step, len(moved),
-                    root(output_dir) / ABANDONED, ", ".join(p.name for p in moved))
+                    storage.child(base, ABANDONED), ", ".join(storage.name(p) for p in moved))
     return moved
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _sha256(path) -> str:
+    if storage.is_local(path):
+        return storage.sha256(storage.location(path))
+    return hashlib.sha256(storage.read_bytes(path)).hexdigest()
 
 
 def _manifest(folder: Path) -> dict:
-    """``{relative path: [size, sha256]}`` of every file under ``folder``."""
-    return {str(p.relative_to(folder)): [p.stat().st_size, _sha256(p)]
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != COMPLETE_FILE}
+    """``{relative path: [size, sha256]}`` of every file under a local ``folder``."""
+    return storage.manifest(folder)
 
 
-def problem(folder: Path) -> str | None:
-    """Why ``folder`` is not a usable checkpoint, or None when it is."""
+def problem(folder, hashes: bool = True) -> str | None:
+    """Why ``folder`` is not a usable checkpoint, or None when it is. Every listed file must be there
+    with its size; ``state.json`` (the driver's own) must match its hash. ``hashes=False`` leaves the
+    other files' hashes to the ranks that load them (a run never reads them on the driver)."""
     try:
-        complete = json.loads((folder / COMPLETE_FILE).read_text())
+        complete = json.loads(storage.read_text(storage.child(folder, COMPLETE_FILE)))
         groups, files = complete["groups"], complete["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return "no valid COMPLETE marker (half-written or not a checkpoint)"
     try:
-        json.loads((folder / STATE_FILE).read_text())["step"]
+        json.loads(storage.read_text(storage.child(folder, STATE_FILE)))["step"]
     except (OSError, ValueError, KeyError, TypeError):
         return f"unreadable {STATE_FILE}"
-    missing = [g for g in groups if not (folder / g).is_dir()]
+    missing = [g for g in groups if not storage.is_dir(storage.child(folder, g))]
     if missing:
         return f"missing trainer state for {', '.join(missing)}"
+    present = storage.sizes(folder)
     for rel, (size, digest) in files.items():
-        path = folder / rel
-        if not path.is_file():
+        if rel not in present:
             return f"missing file {rel}"
-        if path.stat().st_size != size or _sha256(path) != digest:
+        if present[rel] != size or ((hashes or rel == STATE_FILE) and _sha256(storage.child(folder, *rel.split("/"))) != digest):
             return f"file {rel} does not match what was written (corrupt)"
     return None
 
 
-def load_state(folder: Path) -> dict:
+def load_state(folder) -> dict:
     """The ``state.json`` of a checkpoint that passed :func:`problem`."""
-    return json.loads((folder / STATE_FILE).read_text())
+    return json.loads(storage.read_text(storage.child(folder, STATE_FILE)))
 
 
-def good_checkpoints(output_dir: Path):
+def expected_files(group_folder) -> dict:
+    """What a rank checks before loading a group's folder: ``{relative path: [size, sha256]}`` from the
+    checkpoint's ``COMPLETE`` marker, or (a group folder saved on its own) from the ranks' manifests."""
+    group_folder = storage.location(group_folder)
+    marker = storage.child(storage.parent(group_folder), COMPLETE_FILE)
+    prefix = storage.name(group_folder) + "/"
+    if storage.is_file(marker):
+        files = json.loads(storage.read_text(marker)).get("files", {})
+        return {rel[len(prefix):]: v for rel, v in files.items() if rel.startswith(prefix)}
+    found = storage.rank_manifests(group_folder)
+    if not found:
+        raise CheckpointError(f"{group_folder}: no manifest of what was written (not a checkpoint folder)")
+    return found
+
+
+def good_checkpoints(output_dir, hashes: bool = True):
     """Good checkpoints, newest first, as ``(folder, state)``; broken ones are skipped with a warning."""
     for folder in reversed(step_folders(output_dir)):
-        why = problem(folder)
+        why = problem(folder, hashes)
         if why is None:
             yield folder, load_state(folder)
         else:
             log.warning("skipping checkpoint %s: %s", folder, why)
 
 
-def latest(output_dir: Path) -> tuple[Path, dict] | None:
+def latest(output_dir, hashes: bool = True) -> tuple[object, dict] | None:
     """The newest good checkpoint and its state, or None."""
-    return next(good_checkpoints(output_dir), None)
+    return next(good_checkpoints(output_dir, hashes), None)
 
 
 def truncate_metrics(path: Path, step: int) -> None:

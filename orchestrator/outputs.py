@@ -15,6 +15,9 @@
 * :func:`run_id` gives the run a folder holds an identity (``run.json``, written when a run first
   starts there); every checkpoint records it, and ``resume=auto`` skips a checkpoint of another run
   copied into ``checkpoints/``.
+* With ``storage`` set (a bucket URI or another folder), ``checkpoints/``, ``final/`` and ``run.json``
+  live there and the rest (lock, metrics, trackers, config) in ``output_dir`` on the driver's node;
+  the functions taking ``storage`` look at both (``storage=None``: everything is in ``output_dir``).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import time
 import uuid
 from pathlib import Path
 
-from orchestrator import atomic, checkpoint
+from orchestrator import checkpoint, storage as stored
 from orchestrator.errors import CheckpointError, ConfigError
 
 log = logging.getLogger("tether")
@@ -92,15 +95,26 @@ def _holder(fd: int) -> str:
         return "holder not yet recorded"
 
 
-def run_files(output_dir: Path) -> list[str]:
-    """The names in :data:`RUN_FILES` that ``output_dir`` holds (folders with a trailing ``/``)."""
+STORED = ("checkpoints", "final", ".final.tmp", RUN_ID_FILE)  # what a separate storage holds of a run
+
+
+def _separate(output_dir: Path, storage) -> bool:
+    return storage is not None and storage != Path(output_dir)
+
+
+def run_files(output_dir: Path, storage=None) -> list[str]:
+    """The names in :data:`RUN_FILES` that ``output_dir`` holds (folders with a trailing ``/``), and with a
+    separate ``storage`` the run folders it holds (as their full location)."""
     paths = [Path(output_dir) / name for name in RUN_FILES]
-    return [p.name + ("/" if p.is_dir() else "") for p in paths if p.exists()]
+    held = [p.name + ("/" if p.is_dir() else "") for p in paths if p.exists()]
+    if _separate(output_dir, storage):
+        held += [f"{stored.child(storage, n)}/" for n in ("checkpoints", "final") if stored.exists(stored.child(storage, n))]
+    return held
 
 
-def remove_run(output_dir: Path) -> list[str]:
-    """``overwrite=true``: remove what an earlier run wrote (:data:`OVERWRITTEN`); other files stay.
-    Returns the names removed."""
+def remove_run(output_dir: Path, storage=None) -> list[str]:
+    """``overwrite=true``: remove what an earlier run wrote (:data:`OVERWRITTEN`, and :data:`STORED` of a
+    separate ``storage``); other files stay. Returns the names removed."""
     removed = []
     for name in OVERWRITTEN:
         path = Path(output_dir) / name
@@ -111,16 +125,22 @@ def remove_run(output_dir: Path) -> list[str]:
         else:
             continue
         removed.append(name)
+    if _separate(output_dir, storage):
+        for name in STORED:
+            if stored.exists(stored.child(storage, name)):
+                stored.remove(stored.child(storage, name))
+                removed.append(str(stored.child(storage, name)))
     return removed
 
 
-def read_run_id(output_dir: Path) -> str | None:
-    """The id in ``<output_dir>/run.json``, or None when there is none (a folder of an older version)."""
-    path = Path(output_dir) / RUN_ID_FILE
-    if not path.exists():
+def read_run_id(output_dir) -> str | None:
+    """The id in ``<output_dir>/run.json`` (or the run's storage), or None when there is none (a folder
+    of an older version)."""
+    path = stored.child(stored.location(output_dir), RUN_ID_FILE)
+    if not stored.exists(path):
         return None
     try:
-        found = json.loads(path.read_text())["run_id"]
+        found = json.loads(stored.read_text(path))["run_id"]
         if isinstance(found, str) and found:
             return found
         raise ValueError("run_id is not a non-empty string")
@@ -129,55 +149,59 @@ def read_run_id(output_dir: Path) -> str | None:
                               "folder holds: restore it, or delete it (every checkpoint there is then taken)") from None
 
 
-def run_id(output_dir: Path) -> str:
+def run_id(output_dir) -> str:
     """The id of the run ``output_dir`` holds: read from ``run.json``, or created (written atomically)
     when a run first starts there (a fresh folder, one emptied by ``overwrite=true``, or a branch:
     ``resume=DIR`` into a new folder)."""
     found = read_run_id(output_dir)
     if found:
         return found
-    new, path = uuid.uuid4().hex, Path(output_dir) / RUN_ID_FILE
-    atomic.write_text(path, json.dumps({"run_id": new}) + "\n")
+    new, path = uuid.uuid4().hex, stored.child(stored.location(output_dir), RUN_ID_FILE)
+    stored.write_text(path, json.dumps({"run_id": new}) + "\n")
     return new
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
+def _inside(path, folder) -> bool:
+    if isinstance(path, Path) and isinstance(folder, Path):
+        return path == folder or folder in path.parents
+    return str(path) == str(folder) or str(path).startswith(str(folder).rstrip("/") + "/")
 
 
-def check_reuse(cfg, output_dir: Path) -> None:
+def check_reuse(cfg, output_dir: Path, storage=None) -> None:
     """Refuse, in one line, a run that would mix with, or silently replace, the run ``output_dir`` holds.
 
     No run there: anything goes. A run there and ``resume`` null: refused (``overwrite=true`` starts
     over). ``resume=auto``: needs a checkpoint there. ``resume=DIR``: DIR must be a checkpoint of that
     run. ``overwrite=true`` with ``resume=auto``, or with a DIR inside ``output_dir``: contradictory.
     Then, with ``resume``, the checkpoint and the folder's ``config.yaml`` must come from a compatible
-    config (:func:`orchestrator.checkpoint.mismatch`)."""
+    config (:func:`orchestrator.checkpoint.mismatch`). ``storage``: where the run's checkpoints are, when
+    not in ``output_dir``."""
     resume, overwrite = cfg.resume, bool(cfg.get("overwrite", False))
     out = repr(str(output_dir))
-    source = Path(resume).expanduser().resolve() if resume not in (None, "auto") else None
-    if overwrite and (resume == "auto" or (source is not None and _inside(source, output_dir))):
+    store = output_dir if storage is None else storage
+    source = stored.resolve(resume) if resume not in (None, "auto") else None
+    if overwrite and (resume == "auto" or (source is not None and _inside(source, store))):
         raise ConfigError(f"overwrite=true (start over, deleting the run in output_dir={out}) and resume={resume} "
                           "(continue it) contradict each other; drop one of them")
-    held = run_files(output_dir)
+    held = run_files(output_dir, storage)
     if held and not overwrite:
         what = f"output_dir={out} already holds a run ({', '.join(held)})"
         start_over = "start over with overwrite=true (deletes its metrics, config, checkpoints and final/)"
         if resume is None:
-            hint = ("continue it with resume=auto, " if checkpoint.newest_state(output_dir) else
+            hint = ("continue it with resume=auto, " if checkpoint.newest_state(store) else
                     "it has no checkpoint to continue from (trainer.save_steps=0 writes none); ")
             raise ConfigError(f"{what}; {hint}{start_over}, or choose another output_dir")
-        if resume == "auto" and checkpoint.newest_state(output_dir) is None:
+        if resume == "auto" and checkpoint.newest_state(store) is None:
             raise ConfigError(f"resume=auto: {what} but no checkpoint to continue from (trainer.save_steps=0 "
                               f"writes none); nothing was changed: {start_over}, or choose another output_dir")
-        if source is not None and not _inside(source, output_dir):
+        if source is not None and not _inside(source, store):
             raise ConfigError(f"resume={resume}: {what}, and a checkpoint of another folder would mix the two "
                               f"runs; choose an empty output_dir, or {start_over}")
     if resume is not None:
-        check_compatible(cfg, output_dir, source)
+        check_compatible(cfg, output_dir, source, store)
 
 
-def check_compatible(cfg, output_dir: Path, source: Path | None) -> None:
+def check_compatible(cfg, output_dir: Path, source=None, store=None) -> None:
     """The checkpoint to resume (``source``, or for ``resume=auto`` the newest in ``output_dir``) and
     ``<output_dir>/config.yaml`` must have been written with the fields that make a resume valid
     equal to this run's; else CheckpointError naming the field, the old and the new value."""
@@ -185,11 +209,12 @@ def check_compatible(cfg, output_dir: Path, source: Path | None) -> None:
 
     new = OmegaConf.to_container(cfg, resolve=True)
     written = []
-    found = checkpoint.newest_state(output_dir) if source is None else checkpoint.read_state(source)
+    store = output_dir if store is None else store
+    found = checkpoint.newest_state(store) if source is None else checkpoint.read_state(source)
     if found and isinstance(found[1].get("config"), dict):
-        written.append((found[0] / checkpoint.STATE_FILE, found[1]["config"]))
+        written.append((stored.child(found[0], checkpoint.STATE_FILE), found[1]["config"]))
     saved = output_dir / "config.yaml"
-    if saved.is_file() and not (source and not _inside(source, output_dir)):
+    if saved.is_file() and not (source and not _inside(source, store)):
         try:
             written.append((saved, OmegaConf.to_container(OmegaConf.load(saved))))
         except Exception as exc:  # a YAML or OmegaConf error: one line

@@ -98,14 +98,24 @@ def validate(cfg) -> None:
     _choice("device", cfg.device, ["cpu", "cuda"])
     if not str(cfg.output_dir).strip():  # Path("") is the current folder: the run would write (and overwrite) there
         raise ConfigError("output_dir is empty; name the folder the run writes to (output_dir=outputs/NAME)")
+    if "://" in str(cfg.output_dir):  # the lock, metrics and trackers need a POSIX folder on the driver's node
+        raise ConfigError(f"output_dir={cfg.output_dir!r} is a URI; output_dir is a folder on the driver's node: put "
+                          f"checkpoints and final/ there with storage={cfg.output_dir!r} and keep output_dir a folder")
     try:
         Path(cfg.output_dir).expanduser().resolve()
     except (RuntimeError, OSError) as exc:  # a symlink loop
         raise ConfigError(f"output_dir={cfg.output_dir!r}: {exc}") from None
+    from orchestrator import storage
+
+    if cfg.get("storage") is not None:
+        if not str(cfg.storage).strip():
+            raise ConfigError("storage is empty; name a folder or a bucket URI (storage=s3://BUCKET/PREFIX), or null")
+        storage.check(cfg.storage, "storage")
     if cfg.resume not in (None, "auto"):
         from orchestrator.checkpoint import problem
 
-        why = problem(Path(cfg.resume).expanduser())
+        storage.check(cfg.resume, "resume")
+        why = problem(storage.resolve(cfg.resume), hashes=False)  # the ranks check the rest when they load
         if why:
             raise ConfigError(f"resume={cfg.resume!r}: not a usable checkpoint: {why}")
     _choice("model.dtype", cfg.model.dtype, ["float32", "bfloat16", "float16"])

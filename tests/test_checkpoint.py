@@ -222,3 +222,29 @@ def test_the_kernel_releases_the_lock_of_a_killed_run(tmp_path):
         holder.wait()
     time.sleep(0.1)
     outputs.OutputLock(tmp_path).release()
+
+
+# ---- storage beside output_dir: checkpoints, final/ and run.json there, the rest in output_dir -------
+def test_checkpoints_in_a_storage_folder_beside_output_dir(tmp_path):
+    out, shared = tmp_path / "driver", tmp_path / "shared"
+    out.mkdir()
+    cfg = _cfg("pipeline=dpo", "algorithm=dpo", f"output_dir={out}", f"storage={shared}")
+    ctx = _ctx(cfg, out)
+    assert ctx.storage == shared
+    rows = [{"i": i} for i in range(4)]
+    state = {"loader": PromptLoader(rows, 1, 0).state_dict(), "rng": checkpoint.rng_state(),
+             "config": OmegaConf.to_container(cfg, resolve=True), "run_id": outputs.run_id(shared)}
+    checkpoint.save(shared, 2, state, {}, 2)
+    assert (shared / "run.json").is_file() and not (out / "run.json").exists() and not (out / "checkpoints").exists()
+    with pytest.raises(ConfigError, match="continue it with resume=auto") as err:  # the storage holds a run
+        outputs.check_reuse(cfg, out, shared)
+    assert f"{shared / 'checkpoints'}/" in str(err.value)
+    with open_dict(cfg):
+        cfg.resume = "auto"
+    outputs.check_reuse(cfg, out, shared)
+    assert _ctx(cfg, out).restore({}, {"loader": PromptLoader(rows, 1, 0)}) == 2  # run id read from storage
+    with open_dict(cfg):
+        cfg.resume, cfg.overwrite = None, True
+    outputs.check_reuse(cfg, out, shared)
+    assert outputs.remove_run(out, shared) == [str(shared / "checkpoints"), str(shared / "run.json")]
+    assert list(shared.iterdir()) == []
