@@ -230,7 +230,11 @@ class ClusterConfig:
     role_resources: RoleResourcesConfig = field(default_factory=RoleResourcesConfig)  # custom resources per role
     placement_timeout_s: float = bounded(30.0, gt=0)  # fail if the placement groups are not ready by then
     call_timeout_s: float = bounded(600.0, gt=0)  # bound on any single remote call
-    torch_threads: int = bounded(1, ge=0)  # intra-op threads per actor on CPU (0: torch's default)
+    # intra-op threads of each CPU actor; null (auto): a phase that runs alone gets its node's CPUs (Ray's CPU
+    # count of the node), split evenly among the actors doing torch work on that node at the same time
+    # (trainer ranks of one group; reference, old log-probs and values while they run together); see
+    # orchestrator/threads.py. A number fixes every actor's threads.
+    torch_threads: Optional[int] = bounded(None, ge=1)
     max_restarts: int = bounded(3, ge=0)  # Ray restarts of a dead rollout / reward actor (weights re-sent, call redone)
     dashboard: bool = False  # start the Ray dashboard with a local Ray (bound to 127.0.0.1)
 
@@ -265,8 +269,12 @@ class TetherConfig:
     # its conf/pipeline file; rm / sft / cai take none)
     device: str = "cpu"  # cpu | cuda: where workers compute
     seed: int = bounded(0, ge=0)  # seeds every random generator (python, numpy, torch, vLLM sampling)
-    output_dir: str = "outputs/run"
-    resume: Optional[str] = None  # auto: newest good checkpoint in output_dir (fresh if none) | a checkpoint dir
+    output_dir: str = "outputs/run"  # the driver's folder: lock, metrics.jsonl, TensorBoard, wandb, config.yaml
+    storage: Optional[str] = None  # where checkpoints/, final/ and run.json go: a folder path (on a cluster, one
+    # every node mounts at that path) or a bucket URI (s3://BUCKET/PREFIX needs s3fs, gs:// gcsfs, abfs:// adlfs;
+    # credentials and AWS_ENDPOINT_URL from each node's environment); null: output_dir (orchestrator/storage.py)
+    resume: Optional[str] = None  # auto: newest good checkpoint in storage (output_dir when null; fresh if none) |
+    # a checkpoint folder or URI (e.g. s3://BUCKET/PREFIX/checkpoints/step_000012)
     overwrite: bool = False  # true: remove the run output_dir holds (metrics, config, checkpoints, final/, tracker
     # folders) and start over; without it Tether deletes no run's files and refuses a folder that holds a run
     model: ModelConfig = field(default_factory=ModelConfig)

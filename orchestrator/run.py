@@ -9,7 +9,6 @@ the output folder it created is removed: a failed start leaves nothing half-writ
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import sys
 import time
@@ -19,15 +18,22 @@ from pathlib import Path
 import ray
 from omegaconf import OmegaConf
 
-from orchestrator import checkpoint, outputs
+from orchestrator import checkpoint, outputs, storage as stored
 from orchestrator.batching import pad_token_id
 from orchestrator.errors import CheckpointError, ConfigError, NumericalError, WorkerError
-from orchestrator.models import resolve_model_path
+from orchestrator.models import place_on_nodes, resolve_model_path
 from orchestrator.placement import Placement
 from orchestrator.runtime import start_ray
 from orchestrator.tracking import Tracker
 
 log = logging.getLogger("tether")
+
+
+def process_started() -> float:
+    """When this process started (seconds since the epoch, as ``time.time()``)."""
+    import psutil
+
+    return psutil.Process().create_time()
 
 
 class RunContext:
@@ -45,7 +51,7 @@ class RunContext:
         self._created_dir = outputs.prepare(self.output_dir)  # writable, before anything starts
         self._lock = outputs.OutputLock(self.output_dir)  # one writer per output_dir, until __exit__
         try:
-            outputs.check_reuse(cfg, self.output_dir)  # never mix with, or silently replace, a run there
+            outputs.check_reuse(cfg, self.output_dir, self.storage)  # never mix with, or silently replace, a run there
             self._start(cfg, load_data, prepare)
         except BaseException:
             self._release(failed=True)
@@ -67,6 +73,7 @@ class RunContext:
         if prepare is not None:
             self.train_rows, self.eval_rows = prepare(self)
         self.dashboard_url = start_ray(cfg.cluster)
+        place_on_nodes(self.model_path, cfg.cluster.call_timeout_s)  # a model built here reaches every node
         self.times: dict[str, float] = {}
         self.tracker: Tracker | None = None
         self.placements: list[Placement] = []
@@ -79,19 +86,27 @@ class RunContext:
 
     def __enter__(self) -> "RunContext":
         if self.cfg.get("overwrite"):  # every input check passed: only now is the old run removed
-            removed = outputs.remove_run(self.output_dir)
+            removed = outputs.remove_run(self.output_dir, self.storage)
             if removed:
                 log.warning("overwrite=true: removed the previous run's %s from %s", ", ".join(removed), self.output_dir)
-        self.run_id = outputs.run_id(self.output_dir)  # kept in every checkpoint: resume=auto takes only this run's
+        self.run_id = outputs.run_id(self.storage)  # kept in every checkpoint: resume=auto takes only this run's
         return self
+
+    @property
+    def storage(self):
+        """Where checkpoints, ``final/`` and ``run.json`` go: ``storage`` (a folder or a bucket URI, see
+        orchestrator/storage.py) when set, else ``output_dir``."""
+        value = self.cfg.get("storage")
+        return stored.resolve(value) if value else self.output_dir
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if exc_type is None:
                 print(self.summary())
             elif issubclass(exc_type, (KeyboardInterrupt, SystemExit)) and self.steps_logged:
-                found = checkpoint.latest(self.output_dir)
-                how = (f"resume with resume=auto output_dir={self.output_dir} (from step {found[1]['step']})" if found
+                found = checkpoint.latest(self.storage, hashes=False)
+                where = f"output_dir={self.output_dir}" + (f" storage={self.cfg.storage}" if self.cfg.get("storage") else "")
+                how = (f"resume with resume=auto {where} (from step {found[1]['step']})" if found
                        else "no checkpoint was written (trainer.save_steps)")
                 print(f"tether: stopped at step {self.steps_logged}; {how}", file=sys.stderr, flush=True)
             if self.tracker is not None:
@@ -158,6 +173,8 @@ class RunContext:
             OmegaConf.save(c, self.output_dir / "config.yaml", resolve=True)
         now = time.perf_counter()
         row = {**metrics, **self.times, "time/step": now - self._last_log}
+        if not self.steps_logged:  # the first step of this process: how long the user waited for it
+            row["time/to_first_step"] = time.time() - process_started()
         self._last_log = now
         self.tracker.log(step, row)
         self.times = {}
@@ -187,7 +204,7 @@ class RunContext:
             self.nonfinite_steps = 0
         limit = self.cfg.trainer.max_nonfinite_steps
         if limit and self.nonfinite_steps >= limit:
-            found = checkpoint.latest(self.output_dir)
+            found = checkpoint.latest(self.storage, hashes=False)
             where = f"last checkpoint: {found[0]}" if found else "no checkpoint was written"
             raise NumericalError(f"stopped after {self.nonfinite_steps} consecutive steps whose every update had a "
                                  f"non-finite loss or gradient (trainer.max_nonfinite_steps); {where}")
@@ -212,25 +229,25 @@ class RunContext:
         resume = self.cfg.resume
         if resume is None:
             return 0
-        folder_run = outputs.read_run_id(self.output_dir)
-        if resume == "auto":
-            candidates = checkpoint.good_checkpoints(self.output_dir)
+        folder_run = outputs.read_run_id(self.storage)
+        if resume == "auto":  # the ranks check the hashes of the files they load
+            candidates = checkpoint.good_checkpoints(self.storage, hashes=False)
         else:
-            source = Path(resume).expanduser()
+            source = stored.resolve(resume)
             candidates = iter([(source, checkpoint.load_state(source))])
         for folder, state in candidates:
             if resume == "auto" and state.get("run_id") not in (None, folder_run):
                 log.warning("skipping checkpoint %s: written by run %s, but %s names run %s (a checkpoint of "
                             "another run copied in?); resume=DIR into a new output_dir branches from it",
-                            folder, state["run_id"], self.output_dir / outputs.RUN_ID_FILE, folder_run)
+                            folder, state["run_id"], stored.child(self.storage, outputs.RUN_ID_FILE), folder_run)
                 continue
             missing = [name for name in stateful if name not in state]
             if missing:
-                raise CheckpointError(f"{folder / checkpoint.STATE_FILE} holds no state for {', '.join(missing)}: "
+                raise CheckpointError(f"{stored.child(folder, checkpoint.STATE_FILE)} holds no state for {', '.join(missing)}: "
                                       "it was written by another pipeline; use another output_dir")
             try:
                 for name, group in groups.items():
-                    group.load_checkpoint(str(folder / name))
+                    group.load_checkpoint(str(stored.child(folder, name)))
             except (WorkerError, CheckpointError) as exc:
                 if resume != "auto":
                     raise
@@ -239,18 +256,18 @@ class RunContext:
             for name, obj in stateful.items():
                 obj.load_state_dict(state[name])
             checkpoint.set_rng_state(state["rng"])
-            checkpoint.set_aside_newer(self.output_dir, state["step"])
+            checkpoint.set_aside_newer(self.storage, state["step"])
             checkpoint.truncate_metrics(self.output_dir / "metrics.jsonl", state["step"])
             self.steps_logged = self.resumed_step = state["step"]
             self.wandb_id = state.get("wandb_id")
             log.info("resumed from %s (step %d)", folder, state["step"])
             return state["step"]
-        held = outputs.run_files(self.output_dir)
+        held = outputs.run_files(self.output_dir, self.storage)
         if held:
-            raise CheckpointError(f"resume=auto: no checkpoint in {checkpoint.root(self.output_dir)} could be used "
+            raise CheckpointError(f"resume=auto: no checkpoint in {checkpoint.root(self.storage)} could be used "
                                   "(see the warnings above); nothing was changed: start over with overwrite=true, "
                                   "or choose another output_dir")
-        log.info("resume=auto: no checkpoint in %s, starting fresh", self.output_dir)
+        log.info("resume=auto: no checkpoint in %s, starting fresh", self.storage)
         return 0
 
     def maybe_checkpoint(self, step: int, groups: dict, stateful: dict) -> None:
@@ -265,17 +282,13 @@ class RunContext:
                 state = {**{name: obj.state_dict() for name, obj in stateful.items()},
                          "rng": checkpoint.rng_state(), "wandb_id": self.wandb_id, "run_id": self.run_id,
                          "config": OmegaConf.to_container(self.cfg, resolve=True)}
-                checkpoint.save(self.output_dir, step, state, groups, self.cfg.trainer.keep_checkpoints)
+                checkpoint.save(self.storage, step, state, groups, self.cfg.trainer.keep_checkpoints)
 
-    def save_final(self, group) -> Path:
-        """Write ``<output_dir>/final`` (HF format, safetensors + tokenizer), atomically."""
-        final = self.output_dir / "final"
-        tmp = self.output_dir / ".final.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        group.save_pretrained(str(tmp), self.model_path)
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
+    def save_final(self, group):
+        """Write ``<storage>/final`` (HF format, safetensors + tokenizer): rank 0 publishes it whole from
+        its node (a rename on a file system, a ``COMPLETE`` marker last in a bucket)."""
+        final = stored.child(self.storage, "final")
+        group.save_pretrained(str(final), self.model_path)
         return final
 
     def summary(self) -> str:
@@ -283,8 +296,8 @@ class RunContext:
         lines = [f"output_dir: {self.output_dir}"]
         if self.tracker is not None:
             lines += [f"{k}: {v}" for k, v in self.tracker.locations().items()]
-        if (self.output_dir / "final").exists():
-            lines.append(f"final model: {self.output_dir / 'final'}")
+        if stored.folder_published(stored.child(self.storage, "final")):
+            lines.append(f"final model: {stored.child(self.storage, 'final')}")
         if self.dashboard_url:
             lines.append(f"ray dashboard: http://{self.dashboard_url}")
         return "\n".join(lines)
