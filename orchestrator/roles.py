@@ -20,6 +20,7 @@ from orchestrator.errors import WorkerError
 from orchestrator.placement import Placement
 from orchestrator.runtime import Secret, wait, wait_timed
 from orchestrator.specs import ForwardSpec, RewardSpec, RolloutSpec, TrainerSpec
+from orchestrator.threads import ThreadShares
 
 log = logging.getLogger("tether")
 WORKER_MODULES = {"TrainerRank": "workers.trainer", "RolloutWorker": "workers.rollout", "RewardWorker": "workers.reward",
@@ -216,6 +217,8 @@ class RLHFRoles:
         tag = uuid.uuid4().hex[:6]
         self.rollouts = RolloutPool(cfg, model_path, placement, tag)
         self.reward = reward_actor(cfg, placement, tag)
+        self.reward_model = cfg.reward.model_path is not None  # the reward actor runs a model (torch work)
+        self.threads = ThreadShares(cfg)
         self.reference = reference_actor(cfg, model_path, placement) if uses_reference(cfg.algorithm) else None
         samples = cfg.trainer.rollout_batch_size * cfg.algorithm.n_samples
         self.old_logprobs_pass = needs_old_logprobs(cfg.algorithm, samples, cfg.trainer.mini_batch_size)
@@ -251,15 +254,19 @@ class RLHFRoles:
         """Rewards, and the reference log-probs, old-policy log-probs and (PPO) values of a batch that
         the algorithm reads (None for a pass it does not need: ``orchestrator/algorithms/passes.py``),
         computed concurrently; returns them with each call's seconds from launch to completion."""
-        calls = {"reward": [self.score_async(prompts, responses)]}
-        labels = {"reward": ["reward (score)"]}
-        if self.reference is not None:
-            calls["reference"], labels["reference"] = [self.reference.logprobs.remote(batch)], ["reference (logprobs)"]
-        if self.old_logprobs_pass:
-            calls["old_logprobs"], labels["old_logprobs"] = self.policy.submit("logprobs", batch), self.policy.names("old logprobs")
-        if self.critic is not None:
-            calls["values"], labels["values"] = self.critic.submit("values", batch), self.critic.names("values")
-        results, seconds = wait_timed(calls, self.timeout_s, labels)
+        computing = (([self.reference] if self.reference is not None else [])  # actors doing torch work now
+                     + (self.policy.ranks if self.old_logprobs_pass else [])
+                     + (self.critic.ranks if self.critic is not None else []) + ([self.reward] if self.reward_model else []))
+        with self.threads.together(computing):
+            calls = {"reward": [self.score_async(prompts, responses)]}
+            labels = {"reward": ["reward (score)"]}
+            if self.reference is not None:
+                calls["reference"], labels["reference"] = [self.reference.logprobs.remote(batch)], ["reference (logprobs)"]
+            if self.old_logprobs_pass:
+                calls["old_logprobs"], labels["old_logprobs"] = self.policy.submit("logprobs", batch), self.policy.names("old logprobs")
+            if self.critic is not None:
+                calls["values"], labels["values"] = self.critic.submit("values", batch), self.critic.names("values")
+            results, seconds = wait_timed(calls, self.timeout_s, labels)
         joined = {k: torch.cat(v) if k != "reward" else None for k, v in results.items()}
         return (self.scores(results["reward"][0]), joined.get("reference"), joined.get("old_logprobs"),
                 joined.get("values"), seconds)

@@ -20,7 +20,7 @@ class ProcessSpec:
     device: str = "cpu"  # device
     dtype: str = "float32"  # model.dtype
     trust_remote_code: bool = False  # model.trust_remote_code
-    torch_threads: int = 1  # cluster.torch_threads (0: torch's default)
+    torch_threads: int | None = None  # cluster.torch_threads (None: auto, orchestrator/threads.py)
 
     @classmethod
     def of(cls, cfg) -> "ProcessSpec":

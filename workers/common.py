@@ -8,6 +8,7 @@ The log-prob of response token ``j`` comes from the logits at position ``P + j -
 
 from __future__ import annotations
 
+import inspect
 import os
 import random
 
@@ -22,16 +23,66 @@ from orchestrator.specs import ProcessSpec
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def setup_process(process: ProcessSpec) -> None:
+def setup_process(process: ProcessSpec) -> int:
     """Quiet the libraries' notices (unless ``logger.verbose``, see orchestrator/quiet.py), seed every
-    generator and bound intra-op threads (CPU actors share few cores)."""
+    generator and set the intra-op threads: ``cluster.torch_threads``, or with auto (None) the CPUs of
+    this node (see orchestrator/threads.py). Returns the threads set."""
     quiet.setup_actor()
-    if process.torch_threads:
-        torch.set_num_threads(int(process.torch_threads))
+    torch.set_num_threads(int(process.torch_threads or (node_cpus() if process.device == "cpu" else actor_cpus())))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     random.seed(process.seed)
     np.random.seed(process.seed % (2**32))
     torch.manual_seed(process.seed)
+    return torch.get_num_threads()
+
+
+def _ray():
+    """The ray module when this process is connected to Ray, else None (also where Ray is not installed)."""
+    try:
+        import ray
+    except ImportError:
+        return None
+    return ray if ray.is_initialized() else None
+
+
+def node_id() -> str:
+    """The Ray node this process runs on ("" outside Ray)."""
+    ray = _ray()
+    return ray.get_runtime_context().get_node_id() if ray else ""
+
+
+def node_cpus() -> int:
+    """The CPUs of this process's node as Ray counts them (``ray start --num-cpus``, ``cluster.num_cpus``),
+    at most the cores this process may run on."""
+    ray, cores = _ray(), len(os.sched_getaffinity(0))
+    if ray is None:
+        return cores
+    me = node_id()
+    cpus = next((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["NodeID"] == me), 0)
+    return max(1, min(int(cpus) or cores, cores))
+
+
+def actor_cpus() -> int:
+    """The CPUs Ray reserved for this actor (at least 1)."""
+    ray = _ray()
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1) if ray else 1
+    return max(1, int(cpus))
+
+
+class ThreadShare:
+    """Lets the driver change an actor's intra-op threads between calls (``cluster.torch_threads`` auto):
+    fewer while other actors on its node compute at the same time, back to ``alone_threads`` after."""
+
+    alone_threads: int = 1
+
+    def node_cpus(self) -> tuple[str, int]:
+        """``(node id, CPUs)`` of this actor's node."""
+        return node_id(), node_cpus()
+
+    def use_threads(self, n: int | None) -> int:
+        """Compute with ``n`` threads from the next call on (None: ``alone_threads``); returns them."""
+        torch.set_num_threads(int(n or self.alone_threads))
+        return torch.get_num_threads()
 
 
 def device_for(device: str) -> torch.device:
@@ -56,17 +107,24 @@ def to_device(batch: dict, device) -> dict:
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
+def keeps_logits(model) -> bool:
+    """Whether ``model``'s forward (a DeepSpeed engine's module's) takes ``logits_to_keep``, i.e. can
+    skip the output head on positions nobody reads (HF causal LMs do; classification heads do not)."""
+    forward = getattr(model, "module", model).forward
+    return "logits_to_keep" in inspect.signature(forward).parameters
+
+
 def response_logits(model, batch: dict) -> torch.Tensor:
-    """Logits ``[B, T, V]`` that predict each response token."""
+    """Logits ``[B, T, V]`` that predict each response token. The output head runs only on the last
+    ``T + 1`` positions when the model allows it (on SmolLM2 the head is ~20% of a forward's work and
+    the prompt often more than half of the positions)."""
     prompt_len = batch["prompt_len"]
     resp_len = batch["response_mask"].shape[1]
-    out = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        position_ids=batch["position_ids"],
-        use_cache=False,
-    )
-    return out.logits[:, prompt_len - 1 : prompt_len - 1 + resp_len].float()
+    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                  position_ids=batch["position_ids"], use_cache=False)
+    if keeps_logits(model):  # positions P-1 .. P+T-1 of P+T; the last one predicts nothing we score
+        return model(**inputs, logits_to_keep=resp_len + 1).logits[:, :resp_len].float()
+    return model(**inputs).logits[:, prompt_len - 1 : prompt_len - 1 + resp_len].float()
 
 
 def policy_logits(model, batch: dict) -> torch.Tensor:

@@ -13,14 +13,14 @@ from transformers import AutoTokenizer
 from orchestrator.batching import pack_samples
 from orchestrator.batching import pad_token_id
 from orchestrator.specs import ForwardSpec
-from workers.common import batched_logprobs, load_causal_lm, setup_process
+from workers.common import batched_logprobs, load_causal_lm, ThreadShare, setup_process
 
 
-class FeedbackWorker:
+class FeedbackWorker(ThreadShare):
     """One feedback-model actor (role ``feedback``)."""
 
     def __init__(self, model_path: str, spec: ForwardSpec):
-        setup_process(spec.process)
+        self.alone_threads = setup_process(spec.process)
         self.spec = spec
         self.model = load_causal_lm(model_path, spec.process)
         self.model.eval().requires_grad_(False)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import torch
 
 from orchestrator.specs import ForwardSpec
-from workers.common import batched_logprobs, load_causal_lm, setup_process
+from workers.common import batched_logprobs, load_causal_lm, ThreadShare, setup_process
 
 
-class ReferenceWorker:
+class ReferenceWorker(ThreadShare):
     """One reference actor (the KL anchor)."""
 
     def __init__(self, model_path: str, spec: ForwardSpec):
-        setup_process(spec.process)
+        self.alone_threads = setup_process(spec.process)
         self.spec = spec
         self.model = load_causal_lm(model_path, spec.process)
         self.model.eval().requires_grad_(False)

@@ -22,14 +22,14 @@ from orchestrator.rewards.loader import call_reward_function, load_reward_functi
 from orchestrator.rewards.remote import remote_scores
 from orchestrator.runtime import Secret
 from orchestrator.specs import RewardSpec
-from workers.common import DTYPES, device_for, setup_process
+from workers.common import DTYPES, device_for, ThreadShare, setup_process
 
 
-class RewardWorker:
+class RewardWorker(ThreadShare):
     """One reward actor."""
 
     def __init__(self, spec: RewardSpec, token: Secret | None = None):
-        setup_process(spec.process)
+        self.alone_threads = setup_process(spec.process)
         self.spec = spec
         self.token = token  # the reward server's bearer token (remote_url)
         self.incarnation = uuid.uuid4().hex  # new after every restart by Ray

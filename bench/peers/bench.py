@@ -26,12 +26,13 @@ TRL_PY = HERE / ".venv-trl" / "bin" / "python"
 RESULTS = ROOT / "bench" / "results"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(HERE)}
 ONE_THREAD = "cluster.torch_threads=1"
-PEERS = {  # work -> [(column, python, script, args)]
-    "dpo": [("plain loop", sys.executable, "dpo_plain.py", []), ("TRL", TRL_PY, "dpo_trl.py", []),
-            ("Tether", sys.executable, "tether_run.py", ["dpo"]),
-            ("Tether, 1 thread/actor", sys.executable, "tether_run.py", ["dpo", ONE_THREAD])],
-    **{algo: [("TRL", TRL_PY, "rl_trl.py", [algo]), ("Tether", sys.executable, "tether_run.py", [algo]),
-              ("Tether, 1 thread/actor", sys.executable, "tether_run.py", [algo, ONE_THREAD])]
+M = ["{model}", "{out}", "{work}"]  # the arguments every peer script takes, after its work name if any
+PEERS = {  # work -> [(column, python, script, arguments)]
+    "dpo": [("plain loop", sys.executable, "dpo_plain.py", M), ("TRL", TRL_PY, "dpo_trl.py", M),
+            ("Tether", sys.executable, "tether_run.py", ["dpo", *M]),
+            ("Tether, 1 thread/actor", sys.executable, "tether_run.py", ["dpo", *M, ONE_THREAD])],
+    **{algo: [("TRL", TRL_PY, "rl_trl.py", [algo, *M]), ("Tether", sys.executable, "tether_run.py", [algo, *M]),
+              ("Tether, 1 thread/actor", sys.executable, "tether_run.py", [algo, *M, ONE_THREAD])]
        for algo in ("grpo", "rloo")},
 }
 TITLES = {"dpo": "DPO, 8 pairs a step, sigmoid, beta 0.1",
@@ -47,15 +48,15 @@ def model_dir() -> str:
 
 
 def run(label, py, script, model, args) -> dict:
-    """Run one peer (``script [work] MODEL OUT WORK [override ...]``) in its own process; its result."""
+    """Run one peer in its own process; its result JSON."""
     tmp = Path(tempfile.mkdtemp(prefix="bench-peer-"))
-    head, rest = (args[:1], args[1:]) if script != "dpo_plain.py" and script != "dpo_trl.py" else ([], args)
-    argv = [str(a) for a in (py, HERE / script, *head, model, tmp / "result.json", tmp / "work", *rest)]
+    argv = [str(py), str(HERE / script),
+            *[a.format(model=model, out=tmp / "result.json", work=tmp / "work") for a in args]]
     print(f"== {label}: {' '.join(argv[1:])}", flush=True)
     proc = subprocess.run(argv, env={**ENV, "BENCH_T0": repr(time.time())}, cwd=ROOT)
     ok = proc.returncode == 0 and (tmp / "result.json").is_file()
     res = json.loads((tmp / "result.json").read_text()) if ok else {"error": f"failed (exit {proc.returncode})"}
-    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)  # Tether's run folder may hold a 0.5 GB model
     return res
 
 

@@ -1,6 +1,8 @@
-"""Shared by the DPO peers: the 64 pairs (orchestrator/assets/preferences/tiny.jsonl, as shipped), their
-token ids (as Tether encodes them: chat-templated prompt, response + EOS) and the step-time summary.
-Imports only torch/transformers, so it runs in the project venv and in the TRL venv."""
+"""Shared by the peers: the work (DPO: the 64 pairs of orchestrator/assets/preferences/tiny.jsonl and their
+token ids as Tether encodes them: chat-templated prompt, response + EOS; GRPO / RLOO: the 64 prompts of
+orchestrator/assets/prompts/tiny.jsonl, chat-templated, and the letter-frequency reward of
+orchestrator/rewards/examples.py), its sizes, and the step-time summary. Imports only the standard
+library at the top, so it runs in the project venv and in the TRL venv."""
 
 from __future__ import annotations
 
@@ -12,11 +14,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PAIRS = ROOT / "orchestrator" / "assets" / "preferences" / "tiny.jsonl"
 BATCH, BETA, LR, STEPS, THREADS = 8, 0.1, 1e-6, 8, 2
+PROMPTS = ROOT / "orchestrator" / "assets" / "prompts" / "tiny.jsonl"
+RL = {"prompts_per_step": 8, "samples": 4, "new_tokens": 32, "lr": 1e-6, "steps": 6}  # GRPO / RLOO step
 T0_ENV = "BENCH_T0"  # the driver's time.time() just before it started the process
 
 
-def rows() -> list[dict]:
-    return [json.loads(line) for line in PAIRS.read_text().splitlines() if line.strip()]
+def rows(path: Path = PAIRS) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def letter_frequency(prompts, completions, **_) -> list[float]:
+    """The reward of orchestrator/rewards/examples.py:letter_frequency (share of the letter e), in the
+    signature TRL's trainers call."""
+    return [r.count("e") / max(len(r), 1) for r in completions]
 
 
 def render(tok, prompt: str) -> str:

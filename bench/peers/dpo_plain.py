@@ -5,6 +5,7 @@
 
 import copy
 import json
+import resource
 import os
 import sys
 import time
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import dpo_common as c
+import common as c
 
 
 def logps(model, ids, mask, resp):
@@ -61,7 +62,9 @@ def main(model_dir, out):
         if first is None:
             first = c.since_start(os.environ.get(c.T0_ENV))
         print(f"plain step {step + 1}: {times[-1]:.2f} s loss {loss.item():.4f}", flush=True)
-    res = c.summary(times, first, threads=torch.get_num_threads(), tokens_per_step=tokens / c.STEPS)
+    res = c.summary(times, first, threads=torch.get_num_threads(),
+                    peak_rss_mb={"process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)},
+                    tokens_per_step=tokens / c.STEPS)
     json.dump(res, open(out, "w"), indent=1)
 
 

@@ -8,6 +8,7 @@ chosen/rejected as plain text: TRL appends EOS, as Tether does.
 """
 
 import json
+import resource
 import os
 import sys
 import time
@@ -17,7 +18,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
-import dpo_common as c
+import common as c
 
 
 class StepTimes(TrainerCallback):
@@ -50,6 +51,7 @@ def main(model_dir, out, work):
     tokens = sum(2 * len(p) + len(a) + len(b) for p, a, b in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"]))
     trainer.train()
     res = c.summary(timer.times, timer.first, threads=torch.get_num_threads(),
+                    peak_rss_mb={"process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)},
                     tokens_per_step=tokens / len(ds) * c.BATCH)
     json.dump(res, open(out, "w"), indent=1)
 

@@ -44,6 +44,9 @@ def test_rlhf_learns_rule_reward(tmp_path, algorithm):
         for line in ("rlhf:", "20/20", f"output_dir: {out}", "metrics:", "final model:"):
             assert line in text, f"{line!r} missing:\n{text[-3000:]}"
     assert [r["step"] for r in rows if "eval/reward/mean" in r] == [10, 20]
+    # how long the user waited for step 1 (from process start), on the first row only
+    assert rows[0]["time/to_first_step"] > rows[0]["time/step"] > 0
+    assert not any("time/to_first_step" in r for r in rows[1:])
     # the final policy is a plain HF folder
     model = AutoModelForCausalLM.from_pretrained(out / "final")
     AutoTokenizer.from_pretrained(out / "final")

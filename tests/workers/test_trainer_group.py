@@ -34,6 +34,8 @@ def test_two_rank_critic_regression(ray_local, tiny_model_path, stage, tmp_path)
     assert max(losses[-2:]) < 0.5 * losses[0], losses
     sums = ray_local.get([r.weights_checksum.remote() for r in critic.ranks])
     assert sums[0] == pytest.approx(sums[1], rel=1e-6)
+    # auto threads: the two ranks on this 2-CPU node split it (orchestrator/threads.py)
+    assert ray_local.get([r.use_threads.remote(None) for r in critic.ranks]) == [1, 1]
     values = critic.values(batch)
     assert values.shape == batch["response_mask"].shape
     # full weights come out of the group (gathered under ZeRO-3) and as an HF folder
