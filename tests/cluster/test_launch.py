@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from orchestrator.tracking import read_metrics
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_ports as _free_ports
 
 LAUNCH = str(ROOT / "launch.sh")
 
@@ -36,16 +36,6 @@ def launch(*args: str, env: dict | None = None, timeout: int = 60) -> subprocess
 def _env(**extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
     return {**env, "PYTHONUNBUFFERED": "1", **extra}
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _error_line(proc: subprocess.CompletedProcess) -> str:
