@@ -15,13 +15,13 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import ray
 from omegaconf import OmegaConf
 
 from orchestrator import checkpoint, outputs, storage as stored
 from orchestrator.batching import pad_token_id
 from orchestrator.errors import CheckpointError, ConfigError, NumericalError, WorkerError
-from orchestrator.models import place_on_nodes, resolve_model_path
+from orchestrator.model_nodes import place_on_nodes
+from orchestrator.models import resolve_model_path
 from orchestrator.placement import Placement
 from orchestrator.runtime import start_ray
 from orchestrator.tracking import Tracker

@@ -61,7 +61,8 @@ def test_a_model_folder_reaches_a_node_from_the_object_store(cluster, tmp_path):
     """The node-side half of ``place_on_nodes``: the folder is gone from disk, only the object store
     holds its bytes, and the task on node_a writes it back whole (checked against the driver's hashes)."""
     from orchestrator.config import TinyModelConfig
-    from orchestrator.models import build_tiny_model, write_model_folder
+    from orchestrator.model_nodes import write_model_folder
+    from orchestrator.models import build_tiny_model
 
     _, ids, _ = cluster
     folder = build_tiny_model(asdict(TinyModelConfig()), cache_dir=tmp_path)
