@@ -18,7 +18,7 @@ import torch
 
 from orchestrator import quiet
 from orchestrator.specs import TrainerSpec
-from workers.common import DTYPES, batched_logprobs, device_for, disable_dropout, setup_process, split_batch, to_device
+from workers.common import DTYPES, batched_logprobs, device_for, disable_dropout, ThreadShare, setup_process, split_batch, to_device
 from workers.objectives import OBJECTIVES, values
 from workers.safe_torch_load import use_safe_loading
 
@@ -52,11 +52,11 @@ def deepspeed_config(spec: TrainerSpec, per_rank_mini: int) -> dict:
     }
 
 
-class TrainerRank:
+class TrainerRank(ThreadShare):
     """One rank of a policy or critic training group."""
 
     def __init__(self, role: str, model_path: str, spec: TrainerSpec, rank: int, world_size: int):
-        setup_process(spec.process)
+        self.alone_threads = setup_process(spec.process)
         self.role, self.model_path, self.spec, self.rank, self.world_size = role, model_path, spec, rank, world_size
         self.device = device_for(spec.process.device)
 
@@ -80,6 +80,7 @@ class TrainerRank:
         with quiet.hide_prints():  # DeepSpeed prints that its shm op was built
             deepspeed.init_distributed(dist_backend="nccl" if spec.process.device == "cuda" else "gloo",
                                        timeout=timedelta(seconds=spec.dist_timeout_s))
+        self._share_node_cpus()
         self.per_rank_mini = spec.mini_batch_size // self.world_size
         lr = spec.lr
         ds_config = deepspeed_config(spec, self.per_rank_mini)
@@ -94,6 +95,18 @@ class TrainerRank:
                                                                  lr_scheduler=schedule)
         use_safe_loading(self.engine)  # checkpoint files are read with torch.load(weights_only=True)
         return rank
+
+    def _share_node_cpus(self) -> None:
+        """With auto threads on CPU, the ranks of this group on one node split its CPUs (they compute at
+        the same time); the node of every rank is learnt with one all-gather."""
+        if self.spec.process.torch_threads or self.spec.process.device != "cpu":
+            return
+        import torch.distributed as dist
+
+        nodes: list = [None] * self.world_size
+        me = self.node_cpus()
+        dist.all_gather_object(nodes, me[0])
+        self.alone_threads = self.use_threads(max(1, me[1] // nodes.count(me[0])))
 
     def _build_model(self, path: str):
         from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification,
@@ -225,12 +238,17 @@ class TrainerRank:
 
         return nullcontext()
 
-    def state_dict_for_sync(self) -> list[tuple[str, torch.Tensor]] | None:
-        """Full weights on rank 0 (every rank must call: ZeRO-3 gathers); None elsewhere."""
+    def state_dict_for_sync(self, dtype: str | None = None, bucket_mib: float | None = None):
+        """Full weights on rank 0, packed into a few flat CPU buffers in ``dtype`` (the engines'; None: this
+        rank's own), iterable as ``(name, tensor)`` (``orchestrator.weight_sync.WeightBuckets``); None on
+        other ranks. Every rank must call (ZeRO-3 gathers)."""
+        from orchestrator.weight_sync import BUCKET_MIB, pack_weights
+
         with self._gathered():
             if self.rank != 0:
                 return None
-            return [(k, v.detach().to("cpu", copy=True)) for k, v in self.engine.module.state_dict().items()]
+            return pack_weights(self.engine.module.state_dict(), DTYPES[dtype or self.spec.process.dtype],
+                                bucket_mib or BUCKET_MIB)
 
     def weights_checksum(self) -> float:
         """Sum of all parameters (every rank calls; ZeRO-3 gathers) - ranks must agree."""
@@ -239,20 +257,41 @@ class TrainerRank:
 
     # ---- checkpoints (DeepSpeed's own format: weights, optimizer, scheduler, ZeRO partitions) -----
     def save_checkpoint(self, path: str) -> None:
-        """Every rank writes its part of the DeepSpeed checkpoint, and its RNG state, under ``path``."""
+        """Every rank writes its part of the DeepSpeed checkpoint, and its RNG state, on this node's disk,
+        then copies its own files to ``path`` (a folder or a bucket URI) with their manifest."""
         from safetensors.torch import save_file
 
-        self.engine.save_checkpoint(path, tag="ds")
-        save_file({"torch": torch.get_rng_state()}, os.path.join(path, f"rng_rank{self.rank}.safetensors"))
+        from orchestrator import storage
+
+        with storage.scratch("save") as local:
+            self.engine.save_checkpoint(str(local), tag="ds")
+            save_file({"torch": torch.get_rng_state()}, os.path.join(local, f"rng_rank{self.rank}.safetensors"))
+            storage.publish_rank(local, path, self.rank)
 
     def load_checkpoint(self, path: str) -> None:
-        """Every rank restores its part; raises if the checkpoint cannot be loaded."""
+        """Every rank copies the group's files from ``path`` to this node's disk, checks each one's size
+        and SHA-256 against the checkpoint's manifest, and restores its part; raises (on every rank) if
+        any rank's files do not match or the checkpoint cannot be loaded."""
         from safetensors.torch import load_file
 
-        loaded, _ = self.engine.load_checkpoint(path, tag="ds")
-        if loaded is None:
-            raise RuntimeError(f"no DeepSpeed checkpoint at {path}")
-        torch.set_rng_state(load_file(os.path.join(path, f"rng_rank{self.rank}.safetensors"))["torch"])
+        from orchestrator import checkpoint, storage
+        from orchestrator.errors import CheckpointError
+
+        with storage.scratch("load") as local:
+            failure = None
+            try:
+                storage.fetch_verified(path, local, checkpoint.expected_files(path))
+            except (CheckpointError, OSError) as exc:
+                failure = exc
+            if self._any_rank(failure is not None):  # all ranks skip together: no one waits in a collective
+                raise failure or CheckpointError(f"{path}: another rank's files did not match the manifest (corrupt)")
+            try:
+                loaded, _ = self.engine.load_checkpoint(str(local), tag="ds")
+            except CheckpointError as exc:  # name the stored file, not this node's copy
+                raise CheckpointError(str(exc).replace(str(local), str(storage.location(path)))) from None
+            if loaded is None:
+                raise RuntimeError(f"no DeepSpeed checkpoint at {path}")
+            torch.set_rng_state(load_file(os.path.join(local, f"rng_rank{self.rank}.safetensors"))["torch"])
 
     # ---- GPU weight sync (NCCL broadcast to vLLM engines, see orchestrator.weight_sync) ------
     def init_weight_sender(self, master_addr: str, master_port: int, world_size: int) -> None:
@@ -281,15 +320,21 @@ class TrainerRank:
                 broadcast_weights(self._sender, self._sync_tensors())
 
     def save_pretrained(self, path: str, tokenizer_path: str | None = None) -> None:
-        """Write the model in HF format (safetensors) to ``path``; rank 0 writes, all ranks gather."""
-        with self._gathered():
-            if self.rank == 0:
-                self.engine.module.save_pretrained(path, safe_serialization=True)
-                if tokenizer_path:
-                    from transformers import AutoTokenizer
-
-                    AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(path)
+        """Write the model in HF format (safetensors) to ``path`` (a folder or a bucket URI); all ranks
+        gather, rank 0 saves on this node's disk and then publishes the folder whole from here."""
         import torch.distributed as dist
 
-        dist.barrier()
+        from orchestrator import storage
+
+        with storage.scratch("final") as local:
+            with self._gathered():
+                if self.rank == 0:
+                    self.engine.module.save_pretrained(local, safe_serialization=True)
+                    if tokenizer_path:
+                        from transformers import AutoTokenizer
+
+                        AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(local)
+            dist.barrier()  # the gather is done on every rank; the copy to storage needs rank 0 alone
+            if self.rank == 0:
+                storage.publish_folder(local, path)
 
