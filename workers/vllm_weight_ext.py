@@ -34,6 +34,7 @@ caller still has to reset the prefix cache (``llm.reset_prefix_cache()``).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -112,16 +113,19 @@ class WeightSyncExtension:
             master_port,
         )
 
-    def tether_receive_weights(self, specs: list[WeightSpec]) -> None:
-        """Receive one broadcast per spec from rank 0 and load them all.
+    def tether_receive_weights(self, specs: list[WeightSpec], bucket_bytes: int | None = None) -> None:
+        """Receive the broadcasts of rank 0 and load every tensor of ``specs``.
 
         ``specs`` is `workers.nccl_weight_sender.weight_specs(...)` of exactly
-        the tensors the trainer broadcasts, in the same order. The receive is
-        streamed: each tensor is allocated and received only when
-        ``load_weights`` asks for the next item, so peak extra memory is about
-        one layer rather than the full model, and the whole update is one
-        layerwise-reload pass.
+        the tensors the trainer broadcasts, in the same order, bucketed as
+        `workers.nccl_weight_sender.bucket_plan` says (default bucket size on
+        both sides). The receive is streamed: each bucket is allocated and
+        received only when ``load_weights`` asks for its first tensor, so peak
+        extra memory is about one bucket rather than the full model, and the
+        whole update is one layerwise-reload pass.
         """
+        from workers.nccl_weight_sender import BUCKET_BYTES, bucket_plan
+
         comm = self._tether_weight_comm
         if comm is None:
             raise RuntimeError("tether_init_weight_group must be called first")
@@ -134,12 +138,18 @@ class WeightSyncExtension:
             else None
         )
 
+        plan = bucket_plan(specs, BUCKET_BYTES if bucket_bytes is None else bucket_bytes)
+
         def receive() -> Iterator[tuple[str, torch.Tensor]]:
-            for name, dtype, shape in parsed:
-                buf = torch.empty(shape, dtype=dtype, device=device)
+            for bucket in plan:
+                sizes = [math.prod(parsed[i][2]) for i in bucket]
+                # a tensor sent alone arrives in its own shape, several as one flat buffer
+                shape = parsed[bucket[0]][2] if len(bucket) == 1 else (sum(sizes),)
+                buf = torch.empty(shape, dtype=parsed[bucket[0]][1], device=device)
                 # Same stream as the loader's copies, so they are ordered.
                 comm.broadcast(buf, src=0, stream=stream)
-                yield name, buf
+                for i, part in zip(bucket, buf.reshape(-1).split(sizes)):
+                    yield parsed[i][0], part.view(parsed[i][2])
 
         incoming = receive()
         try:

@@ -48,15 +48,18 @@ def rows(path: Path) -> list[dict]:
     return [r for r in out if "time/step" in r]
 
 
-def processes(proc: psutil.Process) -> dict[str, int]:
-    """RSS in bytes of the driver and each Ray actor process under it, by ``ActorClass pid``."""
+def processes(proc: psutil.Process, names: dict[int, str]) -> dict[str, int]:
+    """RSS in bytes of the driver and each Ray actor process under it, by ``ActorClass pid``. Ray titles
+    an actor's process ``ray::ActorClass`` or ``ray::<actor name>`` over time; ``names`` keeps the class."""
     out = {"driver": proc.memory_info().rss}
     for child in proc.children(recursive=True):
         try:
-            title = " ".join(child.cmdline())
-            actor = re.match(r"ray::(\w+)", title)
-            if actor and actor.group(1) != "IDLE":
-                out[f"{actor.group(1)} {child.pid}"] = child.memory_info().rss
+            actor = re.match(r"ray::([\w-]+)", " ".join(child.cmdline()))
+            if actor is None or actor.group(1) in ("IDLE", "DashboardAgent", "RuntimeEnvAgent"):
+                continue
+            if child.pid not in names or actor.group(1)[0].isupper():
+                names[child.pid] = actor.group(1).split(".")[0]
+            out[f"{names[child.pid]} {child.pid}"] = child.memory_info().rss
         except psutil.Error:
             pass
     return out
@@ -71,10 +74,10 @@ def main(work_name, model_dir, out, work, *overrides):
     t0 = time.time()
     proc = subprocess.Popen(cmd, cwd=c.ROOT)
     ps = psutil.Process(proc.pid)
-    first, peak, at_steps, seen = None, {}, [], 0
+    first, peak, at_steps, seen, names = None, {}, [], 0, {}
     while proc.poll() is None:
         try:
-            now = processes(ps)
+            now = processes(ps, names)
         except psutil.Error:
             now = {}
         for k, v in now.items():
@@ -90,13 +93,14 @@ def main(work_name, model_dir, out, work, *overrides):
     if proc.returncode != 0:
         sys.exit(f"tether exited {proc.returncode}")
     data = rows(work / "metrics.jsonl")
-    keys = sorted({k for r in data for k in r if k.startswith("time/")})
+    keys = sorted({k for r in data for k in r if k.startswith("time/") and k != "time/to_first_step"})
     phases = {k: [r.get(k) for r in data] for k in keys}
     medians = {k: c.statistics.median([v for v in vs[2:] if v is not None] or [0]) for k, vs in phases.items()}
     res = c.summary(phases["time/step"], first if first is not None else total, total_s=total,
                     overrides=list(overrides), phases=phases, phase_medians=medians,
                     peak_rss_mb={k: round(v / 2**20) for k, v in peak.items()}, rss_at_steps_mb=at_steps,
-                    reward=[r.get("reward/mean") for r in data])
+                    reward=[r.get("reward/mean") for r in data],
+                    logged_to_first_step_s=data[0].get("time/to_first_step") if data else None)
     json.dump(res, open(out, "w"), indent=1)
 
 
