@@ -48,8 +48,8 @@ def rows(path: Path) -> list[dict]:
     return [r for r in out if "time/step" in r]
 
 
-def processes(proc: psutil.Process, names: dict[int, str]) -> dict[str, int]:
-    """RSS in bytes of the driver and each Ray actor process under it, by ``ActorClass pid``. Ray titles
+def processes(proc: psutil.Process, names: dict[int, str]) -> dict:
+    """RSS in bytes of the driver and of each Ray actor process under it (by pid). Ray titles
     an actor's process ``ray::ActorClass`` or ``ray::<actor name>`` over time; ``names`` keeps the class."""
     out = {"driver": proc.memory_info().rss}
     for child in proc.children(recursive=True):
@@ -59,10 +59,15 @@ def processes(proc: psutil.Process, names: dict[int, str]) -> dict[str, int]:
                 continue
             if child.pid not in names or actor.group(1)[0].isupper():
                 names[child.pid] = actor.group(1).split(".")[0]
-            out[f"{names[child.pid]} {child.pid}"] = child.memory_info().rss
+            out[child.pid] = child.memory_info().rss
         except psutil.Error:
             pass
     return out
+
+
+def labelled(rss: dict, names: dict[int, str]) -> dict[str, int]:
+    """``{"ActorClass pid" | "driver": MiB}`` with each process's last known actor class."""
+    return {(k if k == "driver" else f"{names.get(k, 'actor')} {k}"): round(v / 2**20) for k, v in rss.items()}
 
 
 def main(work_name, model_dir, out, work, *overrides):
@@ -85,7 +90,7 @@ def main(work_name, model_dir, out, work, *overrides):
         done = len(rows(work / "metrics.jsonl"))
         if done > seen:
             seen = done
-            at_steps.append({k: round(v / 2**20) for k, v in now.items()})
+            at_steps.append(now)
             if first is None:
                 first = time.time() - t0
         time.sleep(0.2)
@@ -98,7 +103,7 @@ def main(work_name, model_dir, out, work, *overrides):
     medians = {k: c.statistics.median([v for v in vs[2:] if v is not None] or [0]) for k, vs in phases.items()}
     res = c.summary(phases["time/step"], first if first is not None else total, total_s=total,
                     overrides=list(overrides), phases=phases, phase_medians=medians,
-                    peak_rss_mb={k: round(v / 2**20) for k, v in peak.items()}, rss_at_steps_mb=at_steps,
+                    peak_rss_mb=labelled(peak, names), rss_at_steps_mb=[labelled(r, names) for r in at_steps],
                     reward=[r.get("reward/mean") for r in data],
                     logged_to_first_step_s=data[0].get("time/to_first_step") if data else None)
     json.dump(res, open(out, "w"), indent=1)
