@@ -53,3 +53,17 @@ def test_ppo_objective_without_old_logprobs_matches_a_separate_pass(tiny_model_p
     assert stats_b["kl"] == pytest.approx(-0.1 * float(batch["response_mask"].sum(-1).mean()), rel=1e-4)
     for a, b in zip(grads_a, grads_b):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_entropy_bonus_off_is_a_metric_and_on_enters_the_loss(tiny_model_path):
+    """entropy_coef=0 measures the entropy without a graph through it; a positive coefficient subtracts
+    that same entropy from the loss."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path).eval()
+    g = torch.Generator().manual_seed(1)
+    samples = [{"prompt_ids": torch.randint(5, 400, (4,), generator=g).tolist(),
+                "response_ids": torch.randint(5, 400, (3 + i,), generator=g).tolist()} for i in range(4)]
+    batch = with_fields(pack_samples(samples, 0), advantages=torch.ones(4, 6), kl_coef=0.0)
+    off, stats_off = ppo(model, batch, RL)
+    on, stats_on = ppo(model, batch, {**RL, "entropy_coef": 0.01})
+    assert stats_off["entropy"] == pytest.approx(stats_on["entropy"], rel=1e-6) and stats_off["entropy"] > 0
+    assert float(on) == pytest.approx(float(off) - 0.01 * stats_on["entropy"], rel=1e-5, abs=1e-7)
