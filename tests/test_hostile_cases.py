@@ -352,8 +352,8 @@ def test_sigterm_stops_the_driver_with_one_line_and_status_143():
     import sys
 
     script = ("import time\nfrom orchestrator.runtime import start_ray\nfrom tests.conftest import compose_config\n"
-              "start_ray(compose_config('cluster.num_cpus=1').cluster)\nprint('up', flush=True)\n"
-              "try:\n    time.sleep(120)\nfinally:\n    print('cleanup ran', flush=True)\n")
+              "start_ray(compose_config('cluster.num_cpus=1').cluster)\n"
+              "try:\n    print('up', flush=True)\n    time.sleep(120)\nfinally:\n    print('cleanup ran', flush=True)\n")
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "up"
@@ -390,6 +390,8 @@ def test_a_stopped_run_says_where_it_stopped_and_how_to_resume(tmp_path):
     logged = len((out / "metrics.jsonl").read_text().splitlines())
     stop = [line for line in err.splitlines() if line.startswith("tether: stopped at step")]
     assert len(stop) == 1, err[-2000:]
-    saved = json.loads(sorted((out / "checkpoints").glob("step_*"))[-1].joinpath("state.json").read_text())["step"]
+    # the newest published checkpoint (a step folder without COMPLETE is one the stop interrupted)
+    published = [f for f in sorted((out / "checkpoints").glob("step_*")) if (f / "COMPLETE").is_file()]
+    saved = json.loads(published[-1].joinpath("state.json").read_text())["step"]
     assert stop[0] == (f"tether: stopped at step {logged}; resume with resume=auto output_dir={out} "
                        f"(from step {saved})"), stop[0]
