@@ -109,12 +109,22 @@ class RunContext:
                 how = (f"resume with resume=auto {where} (from step {found[1]['step']})" if found
                        else "no checkpoint was written (trainer.save_steps)")
                 print(f"tether: stopped at step {self.steps_logged}; {how}", file=sys.stderr, flush=True)
+            self._close_tracker_and_placements(stopping=exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, SystemExit)))
+        finally:
+            self._release(failed=exc_type is not None and self.steps_logged == 0)
+
+    def _close_tracker_and_placements(self, stopping: bool) -> None:
+        """Close the tracker and remove the placement groups. While a stop (SIGTERM, Ctrl-C) unwinds, an
+        error here is logged, not raised, so the run still ends with the stop's status (143 / 130)."""
+        try:
             if self.tracker is not None:
                 self.tracker.close()
             for p in self.placements:
                 p.remove()
-        finally:
-            self._release(failed=exc_type is not None and self.steps_logged == 0)
+        except Exception as exc:  # noqa: BLE001 - the stop's own status wins
+            if not stopping:
+                raise
+            log.warning("cleanup after the stop: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
     def _release(self, failed: bool) -> None:
         """Remove the output folder if this run created it and failed before logging a step; unlock."""
