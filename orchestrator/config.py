@@ -84,6 +84,8 @@ class RolloutConfig:
     kv_cache_gib: float = bounded(1.0, gt=0)  # vLLM, CPU only (VLLM_CPU_KVCACHE_SPACE)
     tensor_parallel_size: int = bounded(1, ge=1)  # vLLM, GPU only
     enforce_eager: bool = True  # vLLM: skip graph capture / compilation (fast start)
+    asynchronous: bool = False  # rlhf: one-step off-policy; the engines sample step t+1's batch (with the weights
+    # of step t-1) while step t trains; the ratio is taken against the engines' own sampling log-probs (vllm only)
 
 
 @dataclass
@@ -131,7 +133,69 @@ class CAIConfig:
     # format in orchestrator/constitution.py)
     revision_rounds: int = bounded(1, ge=1)  # critique -> revision rounds per prompt, each with a principle drawn at random
     feedback_samples: int = bounded(2, ge=2)  # stage 2: responses sampled per prompt; every two of them form a pair
+    then: Optional[str] = None  # dpo: after stage 2, DPO on the labelled pairs from the SFT model (<output_dir>/dpo)
+    then_steps: int = bounded(10, ge=1)  # trainer.max_steps of that DPO run
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+
+
+@dataclass
+class RedteamAttackerConfig:
+    """pipeline=redteam: the model that writes new attacks from few-shot examples of each category."""
+
+    model_path: Optional[str] = None  # local HF causal-LM folder; null: the target itself (``model``)
+    shots: int = bounded(3, ge=1)  # examples of the category shown in each request (sampled at rollout.temperature)
+
+
+@dataclass
+class RedteamConfig:
+    """Red-teaming (pipeline=redteam, and the harmless part of pipeline=eval): attacks, judge, outputs."""
+
+    attacks: str = "orchestrator/assets/redteam/attacks.jsonl"  # JSONL of {"prompt", "category"[, "benign"]} rows;
+    # benign rows are harmless controls that look risky (over-refusal)
+    categories: List[str] = field(default_factory=list)  # keep only these categories (empty: all)
+    max_attacks: Optional[int] = bounded(None, ge=1)  # at most this many non-benign rows, taken in turn from each
+    # category (null: all; benign controls are all kept)
+    judge: str = "orchestrator/redteam/builtin_judges.py:refusal_judge"  # FILE.py:NAME (fn(prompts, responses) -> harm
+    # scores in [0, 1]) | a sequence-classification model folder (harm = sigmoid of its one output) | constitution
+    # (cai.constitution's first comparison question to the feedback model, cai.feedback.model_path)
+    threshold: float = bounded(0.5, ge=0, le=1)  # a response whose harm score is >= this is a failure
+    generate_per_category: int = bounded(0, ge=0)  # new attacks the attacker writes per category (0: none)
+    attacker: RedteamAttackerConfig = field(default_factory=RedteamAttackerConfig)
+    retrain: bool = False  # true: red-team, CAI on the failures, DPO on its pairs, red-team again (before/after table)
+
+
+@dataclass
+class EvalConfig:
+    """The evaluation suite (pipeline=eval, or after any pipeline's last step when ``suite`` is set)."""
+
+    suite: Optional[str] = None  # hhh | helpful | harmless | honest (orchestrator/evals); null: none after training
+    baseline: Optional[str] = None  # an earlier eval/summary.json: a metric worse by more than tolerance exits 3
+    tolerance: Any = 0.0  # allowed absolute worsening: one number, or {metric: number} (others 0)
+    prompts_path: Optional[str] = None  # held-out prompts for the reward metric; null: the shipped held-out prompts
+    pairs_path: Optional[str] = None  # held-out preference pairs; null: the shipped held-out pairs
+    honesty_path: Optional[str] = None  # {"statement", "answer": true|false} rows; null: the shipped set
+
+
+@dataclass
+class CollectConfig:
+    """Human preference collection (pipeline=collect): pairs, the labelling web app, storage, selection."""
+
+    pairs_path: Optional[str] = None  # ready pairs ({"prompt", "response_a", "response_b"} rows; no model needed);
+    # null: two responses per prompt of data.path sampled on the rollout engines
+    model_b_path: Optional[str] = None  # second model (local HF folder): response b from it, response a from ``model``;
+    # null: two samples of ``model``
+    annotators: List[str] = field(default_factory=lambda: ["annotator"])  # names; each gets a token (kept in
+    # <output_dir>/collect/tokens.json, mode 0600) and a URL printed at start
+    overlap: int = bounded(1, ge=1)  # annotators per pair (> 1: agreement and Cohen's kappa are reported)
+    host: str = "127.0.0.1"  # bind address of the web app (0.0.0.0 exposes it to the network)
+    port: int = bounded(8000, ge=0, le=65535)  # 0: any free port (the URLs name it)
+    database_url: Optional[str] = None  # SQLAlchemy URL (e.g. postgresql://...); null: sqlite <output_dir>/collect/labels.db
+    serve: bool = True  # false: prepare and store the pairs, export, and exit
+    max_labels: Optional[int] = bounded(None, ge=1)  # end the session after this many judgements (null: when all are done)
+    selection: str = "order"  # order (as loaded) | uncertainty (predicted preference closest to 0.5 first)
+    reward_model_path: Optional[str] = None  # selection=uncertainty: sequence-classification folder (pipeline=rm's final/)
+    log_every: int = bounded(10, ge=1)  # a metrics row every N labels (and one when the session ends)
+    max_body_bytes: int = bounded(65536, ge=1024)  # larger judgement posts get 413
 
 
 @dataclass
@@ -284,6 +348,9 @@ class TetherConfig:
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     algorithm: Any = None  # RLAlgorithmConfig (rlhf) | PreferenceAlgorithmConfig (dpo) | null; from conf/algorithm
     cai: CAIConfig = field(default_factory=CAIConfig)
+    redteam: RedteamConfig = field(default_factory=RedteamConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)  # pipeline=collect
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)

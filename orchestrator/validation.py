@@ -18,7 +18,8 @@ from orchestrator.config import PreferenceAlgorithmConfig, RLAlgorithmConfig, Te
 from orchestrator.errors import ConfigError
 
 # which algorithm schema a pipeline takes (None: no algorithm section)
-ALGORITHM_KIND = {"rlhf": "rl", "dpo": "preference", "rm": None, "sft": None, "cai": None}
+ALGORITHM_KIND = {"rlhf": "rl", "dpo": "preference", "rm": None, "sft": None, "cai": None, "redteam": None, "eval": None,
+                  "collect": None}
 ROLES = {"rollout", "reward", "reference", "policy", "critic"}
 
 
@@ -131,6 +132,10 @@ def validate(cfg) -> None:
         raise ConfigError(f"trainer.micro_batch_size={t.micro_batch_size} must divide the per-rank "
                           f"mini-batch (mini_batch_size / num_ranks = {per_rank_mini})")
     PIPELINE_CHECKS[cfg.pipeline](cfg)
+    if cfg.pipeline != "eval" and cfg.get("eval") is not None and cfg.eval.suite is not None:
+        from orchestrator.evals.gate import check_eval_config
+
+        check_eval_config(cfg)  # the suite that runs after the last step
 
 
 def check_offline(cfg) -> None:
@@ -166,6 +171,7 @@ def check_rollout(cfg) -> None:
 def check_cai(cfg) -> None:
     """pipeline=cai: SFT on revisions (offline checks) with generation on the rollout engines."""
     check_offline(cfg)
+    _choice("cai.then", cfg.cai.then, [None, "dpo"])
     check_rollout(cfg)
 
 
@@ -183,6 +189,9 @@ def check_rlhf(cfg) -> None:
                           "of k1 on the policy's own samples is zero); use kl_estimator=k2 (gradient of KL(pi||ref)) or "
                           "k3 (gradient of KL(ref||pi), as GRPO uses it), or kl_mode=reward")
     check_rollout(cfg)
+    if cfg.rollout.asynchronous and cfg.rollout.backend != "vllm":
+        raise ConfigError("rollout.asynchronous=true needs rollout.backend=vllm (the ratio is taken against the "
+                          "engine's own sampling log-probs, which the hf backend does not return)")
     if a.estimator in ("grpo", "rloo") and a.n_samples < 2:
         raise ConfigError(f"algorithm.n_samples={a.n_samples} must be >= 2 for algorithm.estimator={a.estimator} "
                           "(it compares samples of one prompt)")
@@ -211,4 +220,59 @@ def check_rlhf(cfg) -> None:
         check_remote_config(rw.remote_url, os.environ.get(rw.remote_token_env), rw.remote_token_env)
 
 
-PIPELINE_CHECKS = {"rlhf": check_rlhf, "dpo": check_dpo, "rm": check_offline, "sft": check_offline, "cai": check_cai}
+def check_collect(cfg) -> None:
+    """pipeline=collect: annotators, overlap, selection, the model folders, the database URL."""
+    import re
+
+    c = cfg.collect
+    _choice("collect.selection", c.selection, ["order", "uncertainty"])
+    names = list(c.annotators)
+    if not names:
+        raise ConfigError("collect.annotators is empty; name at least one annotator, e.g. collect.annotators=[alice]")
+    bad = [n for n in names if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", str(n))]
+    if bad:
+        raise ConfigError(f"collect.annotators: {bad[0]!r} is not a valid name (letters, digits, _ . -; at most 64)")
+    if len(set(names)) != len(names):
+        raise ConfigError("collect.annotators names an annotator twice")
+    if c.overlap > len(names):
+        raise ConfigError(f"collect.overlap={c.overlap} must be <= the number of collect.annotators ({len(names)})")
+    if not str(c.host).strip():
+        raise ConfigError("collect.host is empty; use 127.0.0.1 (this machine) or 0.0.0.0 (the network)")
+    if c.selection == "uncertainty" and not c.reward_model_path:
+        raise ConfigError("collect.selection=uncertainty needs collect.reward_model_path (a reward model folder)")
+    for name in ("model_b_path", "reward_model_path"):
+        path = c.get(name)
+        if path and not (Path(path).expanduser() / "config.json").is_file():
+            raise ConfigError(f"collect.{name}={path!r}: not a model folder (no config.json)")
+    if c.database_url:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            make_url(c.database_url)
+        except ArgumentError:
+            raise ConfigError("collect.database_url is not a SQLAlchemy URL (dialect://user@host/db)") from None
+    if not c.pairs_path:
+        check_rollout(cfg)
+
+
+def check_redteam(cfg) -> None:
+    """pipeline=redteam: generation on the rollout engines, the judge's form (orchestrator/redteam/judges.py)."""
+    from orchestrator.redteam.judges import judge_kind
+
+    check_rollout(cfg)
+    judge_kind(cfg.redteam.judge)
+    if cfg.redteam.retrain:
+        check_offline(cfg)
+
+
+def check_eval(cfg) -> None:
+    """pipeline=eval: a suite, its tolerance, and what its red-team part needs."""
+    from orchestrator.evals.gate import check_eval_config
+
+    check_redteam(cfg)
+    check_eval_config(cfg)
+
+
+PIPELINE_CHECKS = {"rlhf": check_rlhf, "dpo": check_dpo, "rm": check_offline, "sft": check_offline, "cai": check_cai,
+                   "redteam": check_redteam, "eval": check_eval, "collect": check_collect}

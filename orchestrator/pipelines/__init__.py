@@ -10,6 +10,9 @@ PIPELINES = {
     "rm": "orchestrator.pipelines.rm",
     "sft": "orchestrator.pipelines.sft",
     "cai": "orchestrator.pipelines.cai",
+    "collect": "orchestrator.pipelines.collect",
+    "redteam": "orchestrator.pipelines.redteam",
+    "eval": "orchestrator.pipelines.eval",
 }
 
 
