@@ -33,8 +33,14 @@ def pack_samples(samples: list[dict], pad_id: int, temperature: float = 1.0) -> 
             attention[i, prompt_len : prompt_len + len(r)] = 1
             response_mask[i, : len(r)] = 1.0
     position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
-    return {"input_ids": input_ids, "attention_mask": attention, "position_ids": position_ids,
-            "response_mask": response_mask, "prompt_len": prompt_len, "temperature": float(temperature)}
+    batch = {"input_ids": input_ids, "attention_mask": attention, "position_ids": position_ids,
+             "response_mask": response_mask, "prompt_len": prompt_len, "temperature": float(temperature)}
+    if all("logprobs" in s for s in samples):  # the engines' sampling log-probs (rollout.asynchronous)
+        sampling = torch.zeros((n, resp_len), dtype=torch.float32)
+        for i, s in enumerate(samples):
+            sampling[i, : len(s["logprobs"])] = torch.tensor(s["logprobs"], dtype=torch.float32)
+        batch["sampling_logprobs"] = sampling
+    return batch
 
 
 def shard(batch: dict, num_shards: int) -> list[dict]:

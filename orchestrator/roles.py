@@ -161,13 +161,24 @@ class RolloutPool:
 
     def generate(self, prompt_ids: list[list[int]], n: int, seed: int, greedy: bool = False) -> list[dict]:
         """Split the prompts between the engines; samples come back in prompt order."""
+        return self.collect(self.submit(prompt_ids, n, seed, greedy))
+
+    def submit(self, prompt_ids: list[list[int]], n: int, seed: int, greedy: bool = False) -> dict:
+        """Start a generation without waiting (the engines run it before any later call, e.g. a weight
+        push); ``collect`` returns its samples."""
         size = -(-len(prompt_ids) // len(self.actors))
         parts = [(i, prompt_ids[i * size : (i + 1) * size]) for i in range(len(self.actors))]
         parts = [(i, p) for i, p in parts if p]
+        # prompt j's samples use seeds seed + j*n .. seed + j*n + n-1, whichever engine serves it
+        refs = [self.actors[i].generate_tagged.remote(p, n, seed + i * size * n, greedy) for i, p in parts]
+        return {"parts": parts, "refs": refs, "args": (prompt_ids, n, seed, greedy)}
+
+    def collect(self, generation: dict) -> list[dict]:
+        """The samples of a ``submit``ted generation, in prompt order; an engine restarted by Ray is given
+        the current weights and the generation is done again."""
         for _ in range(self.max_restarts + 1):
-            # prompt j's samples use seeds seed + j*n .. seed + j*n + n-1, whichever engine serves it
-            refs = [self.actors[i].generate_tagged.remote(p, n, seed + i * size * n, greedy) for i, p in parts]
-            replies = wait(refs, [self._names("generate")[i] for i, _ in parts], self.timeout_s)
+            parts = generation["parts"]
+            replies = wait(generation["refs"], [self._names("generate")[i] for i, _ in parts], self.timeout_s)
             restarted = [i for (i, _), r in zip(parts, replies) if r["incarnation"] != self.incarnations[i]]
             if not restarted:
                 return [s for r in replies for s in r["samples"]]
@@ -175,6 +186,7 @@ class RolloutPool:
                         ",".join(map(str, restarted)))
             self.resend_weights(restarted)
             self.restarts += 1
+            generation = self.submit(*generation["args"])
         raise WorkerError(f"rollout engines kept restarting ({self.max_restarts} times, cluster.max_restarts)")
 
     def resend_weights(self, indices: list[int]) -> None:
@@ -221,7 +233,8 @@ class RLHFRoles:
         self.threads = ThreadShares(cfg)
         self.reference = reference_actor(cfg, model_path, placement) if uses_reference(cfg.algorithm) else None
         samples = cfg.trainer.rollout_batch_size * cfg.algorithm.n_samples
-        self.old_logprobs_pass = needs_old_logprobs(cfg.algorithm, samples, cfg.trainer.mini_batch_size)
+        self.old_logprobs_pass = (needs_old_logprobs(cfg.algorithm, samples, cfg.trainer.mini_batch_size)
+                                  and not cfg.rollout.asynchronous)  # then the engines' own log-probs are the old ones
         self.policy = TrainerGroup("policy", model_path, cfg, placement, t, "ppo")
         self.critic = (TrainerGroup("critic", model_path, cfg, placement, t, "value")
                        if cfg.algorithm.estimator == "gae" else None)

@@ -67,12 +67,14 @@ class RolloutSpec:
     kv_cache_gib: float = 1.0
     tensor_parallel_size: int = 1
     enforce_eager: bool = True
+    sampling_logprobs: bool = False  # return each sampled token's log-prob (rollout.asynchronous)
 
     @classmethod
     def of(cls, cfg) -> "RolloutSpec":
         r = cfg.rollout
         return cls(ProcessSpec.of(cfg), r.backend, r.max_new_tokens, r.temperature, r.top_p, r.max_model_len,
-                   r.gpu_memory_utilization, r.kv_cache_gib, r.tensor_parallel_size, r.enforce_eager)
+                   r.gpu_memory_utilization, r.kv_cache_gib, r.tensor_parallel_size, r.enforce_eager,
+                   bool(r.get("asynchronous", False)) and cfg.pipeline == "rlhf")
 
 
 @dataclass(frozen=True)

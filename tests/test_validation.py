@@ -42,6 +42,8 @@ def test_preference_ranges_and_pipeline_rules():
         validate(compose_config("pipeline=dpo", "algorithm.label_smoothing=0.5"))
     with pytest.raises(ConfigError, match="rollout.max_new_tokens = 628 must be <= rollout.max_model_len=512"):
         validate(compose_config("rollout.max_new_tokens=500"))
+    with pytest.raises(ConfigError, match="rollout.asynchronous=true needs rollout.backend=vllm"):
+        validate(compose_config("rollout=hf", "rollout.asynchronous=true"))
 
 
 @pytest.mark.parametrize("pipeline,default", [("rlhf", "ppo"), ("dpo", "dpo"), ("rm", None), ("sft", None), ("cai", None)])

@@ -44,6 +44,8 @@ def engine_kwargs(model_path: str, spec: RolloutSpec) -> dict:
         worker_extension_cls="workers.vllm_weight_ext.WeightSyncExtension",
         use_tqdm_on_load=quiet.verbose(),
     )
+    if spec.sampling_logprobs:  # the log-prob of the distribution sampled from (after temperature), not the raw one
+        kwargs["logprobs_mode"] = "processed_logprobs"
     if spec.process.device == "cpu":
         # A prefill split over engine steps rewinds the request's seeded generator, which a CPU
         # torch.Generator cannot do ("CPU Generator does not use offset"): prefill whole prompts.
@@ -96,7 +98,8 @@ class RolloutWorker:
 
         params = [
             SamplingParams(n=n, temperature=temperature, top_p=self.spec.top_p,
-                           max_tokens=self.spec.max_new_tokens, seed=seed + i * n)
+                           max_tokens=self.spec.max_new_tokens, seed=seed + i * n,
+                           logprobs=0 if self.spec.sampling_logprobs else None)
             for i in range(len(prompt_ids))
         ]
         prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids]
@@ -104,7 +107,10 @@ class RolloutWorker:
         samples = []
         for ids, out in zip(prompt_ids, outputs):
             for o in out.outputs:
-                samples.append({"prompt_ids": list(ids), "response_ids": list(o.token_ids), "text": o.text})
+                sample = {"prompt_ids": list(ids), "response_ids": list(o.token_ids), "text": o.text}
+                if self.spec.sampling_logprobs:  # logprobs=0: each position holds the sampled token's entry
+                    sample["logprobs"] = [lp[t].logprob for lp, t in zip(o.logprobs, o.token_ids)]
+                samples.append(sample)
         return samples
 
     @torch.no_grad()

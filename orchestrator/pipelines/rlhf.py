@@ -26,12 +26,13 @@ from orchestrator.loop import train
 from orchestrator.placement import rlhf_roles
 from orchestrator.prompts import load_prompt_data, prepare_prompts, prompt_ids, reward_prompts
 from orchestrator.roles import RLHFRoles
+from orchestrator.rollout_stream import RolloutStream
 from orchestrator.run import RunContext
 from orchestrator.weight_sync import make_weight_sync
 
 
 def step_metrics(scores: dict, mask, kl: float | None, kl_coef: float, policy: dict, critic: dict,
-                 generate_s: float, epoch: int) -> dict:
+                 generate_s: float, epoch: int, staleness: int) -> dict:
     """The step's metrics row (phase times are added by the run context)."""
     rewards = torch.tensor(scores["reward"])
     n_tokens = float(mask.sum())
@@ -40,10 +41,12 @@ def step_metrics(scores: dict, mask, kl: float | None, kl_coef: float, policy: d
            "kl": kl, "kl_coef": kl_coef, "lr": policy.get("lr", 0.0), "entropy": policy.get("entropy", 0.0),
            "loss/policy": policy["loss"],
            "clipfrac": policy.get("clipfrac", 0.0), "response_length/mean": n_tokens / mask.shape[0],
-           "tokens_per_second": n_tokens / max(generate_s, 1e-9), "epoch": epoch,
+           "tokens_per_second": n_tokens / max(generate_s or 0.0, 1e-9), "epoch": epoch, "rollout/staleness": staleness,
            "train/nonfinite_skips": policy["nonfinite_skips"] + critic.get("nonfinite_skips", 0)}
     if critic:
         row["loss/value"] = critic["loss"]
+    if generate_s is None:  # asynchronous: the step waits for only part of the generation
+        del row["tokens_per_second"]
     if kl is None:  # no reference pass: no KL to report
         del row["kl"], row["kl_coef"]
     return row
@@ -67,17 +70,20 @@ def run(cfg) -> dict:
         kl_fn = KL_ESTIMATORS.get(a.kl_estimator)
         kl_ctl = make_kl_controller(a.kl_coef, a.kl_target, a.kl_horizon)
         loader = PromptLoader(ctx.train_rows, cfg.trainer.rollout_batch_size, cfg.seed)
+        stream = RolloutStream(roles.rollouts, loader, a.n_samples, cfg.seed, cfg.trainer.max_steps,
+                               cfg.rollout.asynchronous)
 
         def step(n: int) -> tuple[dict, tuple]:
-            rows = next(loader)
-            with ctx.phase("generate"):
-                samples = roles.generate(prompt_ids(rows), a.n_samples, seed=cfg.seed * 1_000_000_007 + n * 1_000_003)
+            with ctx.phase("generate"):  # asynchronous: the batch sampled while the previous step trained
+                rows, samples, staleness, epoch = stream.next(n)
             batch = pack_samples(samples, ctx.pad_id, cfg.rollout.temperature)
             mask = batch["response_mask"]
             # reward, reference log-probs, old log-probs and values: concurrently, each timed
             responses = [ctx.decode(s["response_ids"]) for s in samples]
             scores, ref_logp, old_logp, values, seconds = roles.score_and_logprobs(
                 batch, reward_prompts(rows, a.n_samples), responses)
+            if "sampling_logprobs" in batch:  # asynchronous: the ratio is against the policy that sampled
+                old_logp = batch.pop("sampling_logprobs")
             ctx.times.update({f"time/{k}": v for k, v in seconds.items()})
             rewards = torch.tensor(scores["reward"])
 
@@ -94,6 +100,8 @@ def run(cfg) -> dict:
             with ctx.phase("train"):
                 policy_stats = roles.policy.train(train_batch, a.ppo_epochs, seed=cfg.seed + n)
                 critic_stats = roles.critic.train(train_batch, a.ppo_epochs, seed=cfg.seed + n) if roles.critic else {}
+            with ctx.phase("generate"):  # asynchronous: the next batch's generation, if it is still running
+                stream.settle(cfg.cluster.call_timeout_s)
             with ctx.phase("weight_sync"):
                 sync.push()
 
@@ -104,8 +112,8 @@ def run(cfg) -> dict:
                 if math.isfinite(seq_kl):
                     kl_ctl.update(seq_kl, len(samples))
             metrics = step_metrics(scores, mask, seq_kl, kl_ctl.coef, policy_stats, critic_stats,
-                                   ctx.times["time/generate"], loader.epoch)
+                                   None if cfg.rollout.asynchronous else ctx.times["time/generate"], epoch, staleness)
             return metrics, (policy_stats, critic_stats)
 
-        return train(ctx, step, groups=roles.trainer_groups(), state={"loader": loader, "kl_controller": kl_ctl},
+        return train(ctx, step, groups=roles.trainer_groups(), state={"loader": stream, "kl_controller": kl_ctl},
                      final=roles.policy, evaluate=lambda: evaluate(roles, ctx, cfg.seed), on_resume=sync.push)
