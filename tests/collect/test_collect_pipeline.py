@@ -140,18 +140,54 @@ def test_browser_labels_pairs_resumes_after_sigterm_and_dpo_trains_on_them(tmp_p
     assert rows[-1]["rewards/margins"] != rows[0]["rewards/margins"]  # the policy moved on the labels
 
 
+def _reward_model(tiny_model_path, folder):
+    """A random tiny Llama reward model (one output) beside the tiny model's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
 @pytest.mark.slow
-def test_pairs_are_sampled_on_vllm_and_kept_for_the_next_start(tmp_path):
+def test_pairs_sampled_on_vllm_are_ordered_by_reward_model_uncertainty_and_kept(tmp_path, tiny_model_path):
+    """Two samples per prompt from the vLLM engine; the reward model on the reward actor scores both
+    responses, each pair's priority is |sigmoid(r_a - r_b) - 0.5| (checked against the model's own
+    forward pass) and the closest call is served first; the next start finds the pairs in the database."""
+    import math
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from orchestrator.collect.store import LabelStore
+    from orchestrator.preference_data import reward_text
+
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"Tell me about the number {i}."}) + "\n" for i in range(6)))
-    out = tmp_path / "out"
-    common = [f"data.path={prompts}", f"output_dir={out}", "collect.serve=false", "rollout.max_new_tokens=12", *QUIET]
+    out, rm = tmp_path / "out", _reward_model(tiny_model_path, tmp_path / "rm")
+    common = [f"data.path={prompts}", f"output_dir={out}", "collect.serve=false", "rollout.max_new_tokens=12",
+              "collect.selection=uncertainty", f"collect.reward_model_path={rm}", *QUIET]
     proc = run_cli("pipeline=collect", *common)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    with sqlite3.connect(out / "collect" / "labels.db") as db:
-        pairs = db.execute("select prompt, response_a, response_b, source from pairs").fetchall()
-    assert 1 <= len(pairs) <= 6 and {p[3] for p in pairs} == {"two_samples"}
-    assert all(a and b and a != b for _, a, b, _ in pairs)
-    assert {json.loads(p[0]) for p in pairs} <= {f"Tell me about the number {i}." for i in range(6)}
+    store = LabelStore(f"sqlite:///{out / 'collect' / 'labels.db'}")
+    stored = store.pairs()
+    assert 2 <= len(stored) <= 6 and {p["source"] for p in stored} == {"two_samples"}
+    assert all(p["response_a"] and p["response_b"] and p["response_a"] != p["response_b"] for p in stored)
+    assert {p["prompt"] for p in stored} <= {f"Tell me about the number {i}." for i in range(6)}
+
+    tok, model = AutoTokenizer.from_pretrained(rm), AutoModelForSequenceClassification.from_pretrained(rm).eval()
+    with torch.no_grad():
+        for pair in stored:
+            a, b = (model(**tok(reward_text(pair["prompt"], pair[k]), return_tensors="pt")).logits[0, 0].item()
+                    for k in ("response_a", "response_b"))
+            assert pair["priority"] == pytest.approx(abs(1 / (1 + math.exp(b - a)) - 0.5), abs=1e-4)
+    assert len({round(p["priority"], 6) for p in stored}) > 1
+    assert store.next_pair("annotator").pair_id == min(stored, key=lambda p: p["priority"])["id"]
+
     again = run_cli("pipeline=collect", *common)
-    assert again.returncode == 0 and f"{len(pairs)} pairs already in the label database" in again.stdout + again.stderr
+    assert again.returncode == 0 and f"{len(stored)} pairs already in the label database" in again.stdout + again.stderr
