@@ -38,7 +38,12 @@ def run_pipeline(cfg: DictConfig):
     from orchestrator.pipelines import get_pipeline
 
     validate(cfg)  # before the pipeline's module (and its heavy imports) loads: a bad value fails in a second
-    return get_pipeline(cfg.pipeline)(cfg)
+    metrics = get_pipeline(cfg.pipeline)(cfg)
+    if cfg.pipeline != "eval" and cfg.get("eval") is not None and cfg.eval.suite:  # the suite after the last step
+        from orchestrator.evals.after_training import evaluate_final
+
+        metrics = {**(metrics or {}), **evaluate_final(cfg)}
+    return metrics
 
 
 def _in_ray_worker() -> bool:
@@ -82,9 +87,10 @@ def main(cfg: DictConfig) -> float | None:
         if trial is not None:
             return _run_trial(cfg, trial)
         return sweep.pick_metric(run_pipeline(cfg) or {}, cfg.sweep.metric, required=False)[1]
-    except TetherError as exc:
-        print(f"tether: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    except TetherError as exc:  # one line; an evaluation gate's regression is one line per metric, status 3
+        for line in str(exc).splitlines() or [""]:
+            print(f"tether: error: {line}", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_status", 2))
     finally:
         ray = sys.modules.get("ray")  # not imported: nothing to shut down
         if ray is not None and ray.is_initialized() and not _in_ray_worker():

@@ -239,7 +239,8 @@ class PreferenceAlgorithmConfig:
     label_smoothing: float = bounded(0.0, ge=0, lt=0.5)  # label_smoothing loss: assumed fraction of flipped labels
     simpo_gamma: float = bounded(0.5, ge=0)  # simpo: target reward margin
     orpo_lambda: float = bounded(0.1, ge=0)  # orpo: weight of the odds-ratio term
-    reference_mode: str = "online"  # online: reference actor scores every batch | precompute: once, then freed
+    reference_mode: str = "online"  # online: reference actor scores every batch | overlap: the next batch while
+    # this one trains | precompute: once, then freed
 
 
 @dataclass

@@ -152,7 +152,7 @@ def check_dpo(cfg) -> None:
 
     check_offline(cfg)
     PREFERENCE_LOSSES.get(cfg.algorithm.preference_loss)
-    _choice("algorithm.reference_mode", cfg.algorithm.reference_mode, ["online", "precompute"])
+    _choice("algorithm.reference_mode", cfg.algorithm.reference_mode, ["online", "overlap", "precompute"])
 
 
 def check_rollout(cfg) -> None:

@@ -15,7 +15,9 @@ TensorBoard at the last step):
      comparison question about each pair in both orders; P(first is better) is the mean of the two
      answers (``orchestrator/algorithms/feedback.py``);
   6. the labelled pairs are written to ``<output_dir>/cai/preferences.jsonl`` (prompt, chosen, rejected,
-     p_chosen, principle): train on them with ``pipeline=dpo`` or ``pipeline=rm``.
+     p_chosen, principle): train on them with ``pipeline=dpo`` or ``pipeline=rm``;
+  7. with ``cai.then=dpo``, DPO on those pairs starts from the SFT model for ``cai.then_steps`` steps
+     (``<output_dir>/dpo``, its final model in ``<output_dir>/dpo/final``).
 Assumes a causal LM that follows chat turns: a model that does not (the tiny default) runs every step,
 but its critiques are noise. Empty revisions are dropped; pairs with an empty or two equal responses too.
 """
@@ -164,4 +166,14 @@ def run(cfg) -> dict:
                   "cai/revision_changed": sum(r["response"] != r["initial"] for r in revised) / len(revised)}
         ctx.times = {}
         ctx.summarize("cai/summary.json", stage2)
-        return {**metrics, **stage2}
+    if c.then == "dpo":  # stage 3: DPO on the labelled pairs, from the SFT model, in <output_dir>/dpo
+        from orchestrator.redteam.stages import derived_config, run_stage
+        from orchestrator.storage import child
+
+        dpo = derived_config(cfg, {"pipeline": "dpo", "algorithm": "dpo", "pipeline_algorithms": ["dpo"],
+                                   "model.path": str(child(ctx.storage, "final")), "model.gguf": None,
+                                   "data.path": str(stage_dir / "preferences.jsonl"), "data.eval_path": None,
+                                   "trainer.max_steps": c.then_steps, "cai.then": None, "resume": None,
+                                   "output_dir": str(ctx.output_dir / "dpo")})
+        stage2.update({f"dpo/{k}": v for k, v in run_stage(dpo, "cai.then=dpo").items()})
+    return {**metrics, **stage2}
