@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
 import uuid
 
 from omegaconf import OmegaConf
 
+from orchestrator.collect.selection import uncertainty
 from orchestrator.data import check_object, check_prompt, load_prompt_rows, render_prompt
 from orchestrator.errors import DataError
 from orchestrator.inputs import ASSETS, json_type_name, load_rows, resolve_data_path
@@ -86,11 +86,6 @@ def generate_pairs(ctx, prompt_rows: list[dict]) -> list[dict]:
         raise DataError("collect: every generated pair had an empty response or two equal ones; raise "
                         "rollout.max_new_tokens or rollout.temperature, or give ready pairs with collect.pairs_path")
     return pairs
-
-
-def uncertainty(score_a: float, score_b: float) -> float:
-    """How far the predicted preference ``sigmoid(score_a - score_b)`` is from 0.5 (0: a coin toss)."""
-    return abs(1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, score_a - score_b)))) - 0.5)
 
 
 def score_pairs(ctx, pairs: list[dict]) -> list[dict]:
