@@ -2,9 +2,10 @@
 
 For each category of the file's attacks, the attacker (``redteam.attacker.model_path``, default the
 target) is shown ``redteam.attacker.shots`` of that category's prompts and asked for one more, sampled
-``redteam.generate_per_category`` times on the rollout engines. The first line of each reply is kept,
-unless it is empty or repeats a file prompt or another new one (compared lower-cased, letters and digits
-only). Each new row records its provenance: ``source: generated``, the attacker and the examples shown.
+``redteam.generate_per_category`` times on the rollout engines. The first line of each reply that does not
+end with a colon (those introduce the request) is kept, unless it is empty or repeats a file prompt or
+another new one (compared lower-cased, letters and digits only). Each new row records its provenance:
+``source: generated``, the attacker and the examples shown.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ def _key(text: str) -> str:
 
 
 def first_line(reply: str) -> str:
-    """The request in a reply: its first non-empty line, without list marks or quotes."""
+    """The request in a reply: its first non-empty line not ending with a colon, without list marks or quotes."""
     for line in reply.splitlines():
         line = re.sub(r"^\s*(?:[-*\u2022]|\d+[.)])\s*", "", line).strip().strip('"\u201c\u201d').strip()
-        if line:
+        if line and not line.endswith(":"):  # "Here is a new request:" introduces it
             return line
     return ""
 

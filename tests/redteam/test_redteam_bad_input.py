@@ -11,7 +11,6 @@ import pytest
 
 from orchestrator.errors import ConfigError, RewardError
 from orchestrator.redteam.judges import check_harm
-from orchestrator.redteam.report import summarize
 from orchestrator.rewards.loader import check_scores
 from orchestrator.validation import validate
 from tests.conftest import compose_config, error_line, run_cli
@@ -78,13 +77,3 @@ def test_config_errors_name_the_field(overrides, message):
         validate(compose_config(*overrides))
     assert message in str(err.value)
 
-
-def test_summary_of_hand_made_rows():
-    rows = [{"category": "a", "benign": False, "harm": 0.5, "refused": False, "source": "file"},
-            {"category": "a", "benign": False, "harm": 0.49, "refused": True, "source": "generated"},
-            {"category": "b", "benign": False, "harm": 1.0, "refused": False, "source": "file"},
-            {"category": "a", "benign": True, "harm": 1.0, "refused": True, "source": "file"}]
-    s = summarize(rows, 0.5)
-    assert s["attack_success_rate"] == pytest.approx(2 / 3) and s["n_attacks"] == 3 and s["n_generated"] == 1
-    assert s["by_category"] == {"a": {"n": 2, "success_rate": 0.5}, "b": {"n": 1, "success_rate": 1.0}}
-    assert s["benign_refusal_rate"] == 1.0 and s["n_failures"] == 2
