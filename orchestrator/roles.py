@@ -173,6 +173,13 @@ class RolloutPool:
         refs = [self.actors[i].generate_tagged.remote(p, n, seed + i * size * n, greedy) for i, p in parts]
         return {"parts": parts, "refs": refs, "args": (prompt_ids, n, seed, greedy)}
 
+    def settle(self, generation: dict | None) -> None:
+        """Wait (at most ``cluster.call_timeout_s``) until a ``submit``ted generation has finished, without
+        fetching it (e.g. before a weight push, so that the push's time is its own); errors surface in
+        ``collect``."""
+        if generation is not None:
+            ray.wait(generation["refs"], num_returns=len(generation["refs"]), timeout=self.timeout_s, fetch_local=False)
+
     def collect(self, generation: dict) -> list[dict]:
         """The samples of a ``submit``ted generation, in prompt order; an engine restarted by Ray is given
         the current weights and the generation is done again."""

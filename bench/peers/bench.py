@@ -4,8 +4,9 @@ peers.json (every step) and peers.png (Tether's phases stacked beside the peers'
 
     .venv/bin/python bench/peers/bench.py [dpo] [grpo] [rloo]     # default: all three
 
-Per work: the peers' step, Tether with the defaults and Tether with one thread per actor
-(``cluster.torch_threads=1``: what the default was before threads followed the running phase).
+Per work: the peers' step, Tether with the defaults, for GRPO / RLOO Tether with
+``rollout.asynchronous=true`` (one-step off-policy: generation overlaps the update), and Tether with one
+thread per actor (``cluster.torch_threads=1``: what the default was before threads followed the phase).
 """
 
 import datetime
@@ -26,12 +27,14 @@ TRL_PY = HERE / ".venv-trl" / "bin" / "python"
 RESULTS = ROOT / "bench" / "results"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(HERE)}
 ONE_THREAD = "cluster.torch_threads=1"
+ASYNC = "rollout.asynchronous=true"
 M = ["{model}", "{out}", "{work}"]  # the arguments every peer script takes, after its work name if any
 PEERS = {  # work -> [(column, python, script, arguments)]
     "dpo": [("plain loop", sys.executable, "dpo_plain.py", M), ("TRL", TRL_PY, "dpo_trl.py", M),
             ("Tether", sys.executable, "tether_run.py", ["dpo", *M]),
             ("Tether, 1 thread/actor", sys.executable, "tether_run.py", ["dpo", *M, ONE_THREAD])],
     **{algo: [("TRL", TRL_PY, "rl_trl.py", [algo, *M]), ("Tether", sys.executable, "tether_run.py", [algo, *M]),
+              ("Tether, asynchronous rollout", sys.executable, "tether_run.py", [algo, *M, ASYNC]),
               ("Tether, 1 thread/actor", sys.executable, "tether_run.py", [algo, *M, ONE_THREAD])]
        for algo in ("grpo", "rloo")},
 }

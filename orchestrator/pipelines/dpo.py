@@ -3,8 +3,9 @@
 One step, as on paper:
   1. take ``trainer.mini_batch_size`` pairs (prompt, chosen, rejected);
   2. reference log-probs of both responses: from the reference actor each step
-     (``algorithm.reference_mode=online``) or computed once for the whole data set before training
-     (``precompute``; the reference actor is then freed); reference-free losses (simpo, orpo) need none;
+     (``algorithm.reference_mode=online``; ``overlap``: the next step's while this step trains) or
+     computed once for the whole data set before training (``precompute``; the reference actor is then
+     freed); reference-free losses (simpo, orpo) need none;
   3. one optimizer step on ``algorithm.preference_loss`` over the summed response log-probs of the
      policy (``sigmoid`` = DPO, ``ipo``, ``label_smoothing`` = conservative DPO, ``simpo``, ``orpo``);
   4. log TRL-named metrics (``loss``, ``rewards/{chosen,rejected,accuracies,margins}``,
@@ -37,8 +38,14 @@ class ReferenceLogps:
         self.actor, self.timeout_s = actor, timeout_s
 
     def __call__(self, batch: dict) -> torch.Tensor:
-        logp = wait(self.actor.logprobs.remote(flatten_pairs(batch)), "reference (logprobs)", self.timeout_s)
-        return logp.sum(-1).view(-1, 2)
+        return self.result(self.submit(batch))
+
+    def submit(self, batch: dict):
+        """Start the reference pass of a pair batch; ``result`` waits for it."""
+        return self.actor.logprobs.remote(flatten_pairs(batch))
+
+    def result(self, ref) -> torch.Tensor:
+        return wait(ref, "reference (logprobs)", self.timeout_s).sum(-1).view(-1, 2)
 
     def precompute(self, encoded: list[dict], pad_id: int, chunk: int) -> None:
         """Store every pair's reference log-probs in the pair (``"ref"``), then free the actor."""
@@ -75,11 +82,16 @@ def run(cfg) -> dict:
         if eval_batch is not None and reference is not None:
             eval_batch["ref_logps"] = reference(eval_batch)
 
-        def make_batch(pairs: list[dict]) -> dict:
+        def make_batch(pairs: list[dict]) -> tuple[dict, object]:
             batch = with_precomputed(pack_pairs(pairs, ctx.pad_id), pairs)
-            if reference is not None:
-                with ctx.phase("reference"):
-                    batch["ref_logps"] = reference(batch)
+            return batch, reference.submit(batch) if reference is not None else None
+
+        def finish(started: tuple[dict, object]) -> dict:
+            batch, ref = started
+            if ref is not None:
+                with ctx.phase("reference"):  # overlap: only the part of the pass the step still waits for
+                    batch["ref_logps"] = reference.result(ref)
             return batch
 
-        return fit(ctx, policy, "policy", train, eval_batch, make_batch)
+        return fit(ctx, policy, "policy", train, eval_batch, make_batch, finish,
+                   ahead=reference is not None and a.reference_mode == "overlap")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+from orchestrator.ahead import OneAhead
 from orchestrator.data import load_train_and_held_out
 from orchestrator.errors import DataError
 from orchestrator.loop import train
@@ -67,20 +68,25 @@ def train_metrics(stats: dict, epoch: int) -> dict[str, float]:
     return row
 
 
-def fit(ctx, group, role: str, train_rows: list[dict], eval_batch: dict | None, make_batch) -> dict:
+def fit(ctx, group, role: str, train_rows: list[dict], eval_batch: dict | None, make_batch, finish=None,
+        ahead: bool = False) -> dict:
     """The offline loop: ``make_batch(rows)`` -> one optimizer step -> metrics row (held-out metrics
     every ``trainer.eval_every`` steps and after the last) -> checkpoint every ``trainer.save_steps``;
-    then ``<output_dir>/final``. Returns the last metrics row."""
+    then ``<output_dir>/final``. Returns the last metrics row. With ``finish``, ``make_batch`` only
+    starts remote work and ``finish(handle)`` waits for it and returns the batch; with ``ahead`` too,
+    the next step's batch is started before this step trains (``orchestrator/ahead.py``)."""
     from orchestrator.data import PromptLoader
 
     cfg = ctx.cfg
     loader = PromptLoader(train_rows, cfg.trainer.mini_batch_size, cfg.seed)
+    batches = OneAhead(loader, lambda rows, n: make_batch(rows), finish or (lambda batch: batch), ahead,
+                       cfg.trainer.max_steps)
 
     def step(n: int) -> tuple[dict, tuple]:
-        batch = make_batch(next(loader))
+        _, batch, _, epoch = batches.next(n)
         with ctx.phase("train"):
             stats = group.train(batch, 1, seed=cfg.seed + n)
-        return train_metrics(stats, loader.epoch), (stats,)
+        return train_metrics(stats, epoch), (stats,)
 
     evaluate = (lambda: held_out_metrics(group, eval_batch)) if eval_batch is not None else None
-    return train(ctx, step, groups={role: group}, state={"loader": loader}, final=group, evaluate=evaluate)
+    return train(ctx, step, groups={role: group}, state={"loader": batches}, final=group, evaluate=evaluate)

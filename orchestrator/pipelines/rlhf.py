@@ -1,7 +1,9 @@
 """RLHF: PPO with a critic (``algorithm.estimator=gae``) or critic-free GRPO / RLOO / REINFORCE++.
 
 One step, as on paper:
-  1. sample ``n_samples`` responses per prompt from the current policy (rollout engines);
+  1. sample ``n_samples`` responses per prompt from the current policy (rollout engines; with
+     ``rollout.asynchronous`` they were sampled by the previous step's policy while it trained, and the
+     engine's sampling log-probs are the old policy of the ratio: ``rollout/staleness`` = 1);
   2. score them (reward actor), and get reference, old-policy log-probs and values (concurrently;
      a pass no term reads is skipped: ``orchestrator/algorithms/passes.py``);
   3. KL to the reference as a per-token reward penalty (``kl_mode=reward``) or a loss term (``loss``);
@@ -18,6 +20,7 @@ import math
 
 import torch
 
+from orchestrator.ahead import OneAhead
 from orchestrator.algorithms import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, make_kl_controller, masked_whiten
 from orchestrator.algorithms.advantages import check_finite_advantages
 from orchestrator.batching import pack_samples, with_fields
@@ -26,7 +29,6 @@ from orchestrator.loop import train
 from orchestrator.placement import rlhf_roles
 from orchestrator.prompts import load_prompt_data, prepare_prompts, prompt_ids, reward_prompts
 from orchestrator.roles import RLHFRoles
-from orchestrator.rollout_stream import RolloutStream
 from orchestrator.run import RunContext
 from orchestrator.weight_sync import make_weight_sync
 
@@ -70,12 +72,15 @@ def run(cfg) -> dict:
         kl_fn = KL_ESTIMATORS.get(a.kl_estimator)
         kl_ctl = make_kl_controller(a.kl_coef, a.kl_target, a.kl_horizon)
         loader = PromptLoader(ctx.train_rows, cfg.trainer.rollout_batch_size, cfg.seed)
-        stream = RolloutStream(roles.rollouts, loader, a.n_samples, cfg.seed, cfg.trainer.max_steps,
-                               cfg.rollout.asynchronous)
+        # rollout.asynchronous: step n+1's batch is sampled (by the weights of step n-1) while step n trains
+        stream = OneAhead(loader, lambda rows, n: roles.rollouts.submit(
+            prompt_ids(rows), a.n_samples, seed=cfg.seed * 1_000_000_007 + n * 1_000_003),
+            roles.rollouts.collect, cfg.rollout.asynchronous, cfg.trainer.max_steps)
 
         def step(n: int) -> tuple[dict, tuple]:
-            with ctx.phase("generate"):  # asynchronous: the batch sampled while the previous step trained
-                rows, samples, staleness, epoch = stream.next(n)
+            with ctx.phase("generate"):
+                rows, samples, early, epoch = stream.next(n)
+                staleness = int(early)  # policy updates between the sampling weights and the trained ones
             batch = pack_samples(samples, ctx.pad_id, cfg.rollout.temperature)
             mask = batch["response_mask"]
             # reward, reference log-probs, old log-probs and values: concurrently, each timed
@@ -101,7 +106,7 @@ def run(cfg) -> dict:
                 policy_stats = roles.policy.train(train_batch, a.ppo_epochs, seed=cfg.seed + n)
                 critic_stats = roles.critic.train(train_batch, a.ppo_epochs, seed=cfg.seed + n) if roles.critic else {}
             with ctx.phase("generate"):  # asynchronous: the next batch's generation, if it is still running
-                stream.settle(cfg.cluster.call_timeout_s)
+                roles.rollouts.settle(stream.in_flight)
             with ctx.phase("weight_sync"):
                 sync.push()
 

@@ -116,3 +116,20 @@ def test_sft_lowers_held_out_loss(tmp_path):
     assert len(evals) == 2 and evals[1] < evals[0]
     assert rows[-1]["loss"] < 0.85 * rows[0]["loss"] and rows[-1]["ppl"] == pytest.approx(math.exp(rows[-1]["loss"]), rel=1e-4)
     assert (out / "final" / "model.safetensors").is_file()
+
+
+def test_dpo_reference_overlap_is_a_pure_speed_up(tmp_path):
+    """algorithm.reference_mode=overlap (the next batch's reference pass runs while this one trains)
+    trains on the same batches with the same reference log-probs as online: the same curve."""
+    rows = {}
+    for mode in ("online", "overlap"):
+        out = tmp_path / mode
+        proc = run_cli("pipeline=dpo", f"algorithm.reference_mode={mode}", "trainer.max_steps=5", "trainer.eval_every=5",
+                       f"output_dir={out}", *QUIET)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        rows[mode] = rows_of(out)
+    for key in ("loss", "rewards/margins", "logps/chosen", "epoch"):
+        got, want = [r[key] for r in rows["overlap"]], [r[key] for r in rows["online"]]
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-6), key
+    assert rows["overlap"][-1]["eval/loss"] == pytest.approx(rows["online"][-1]["eval/loss"], rel=1e-5)
+    assert all("time/reference" in r for r in rows["overlap"])
