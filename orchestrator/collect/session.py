@@ -17,11 +17,13 @@ import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
+from sqlalchemy.engine import make_url
 
 from orchestrator.collect import tokens as annotator_tokens
 from orchestrator.collect.app import make_app
 from orchestrator.collect.export import export
 from orchestrator.collect.store import LabelStore
+from orchestrator.errors import ConfigError
 from orchestrator.rewards.remote import RewardServer, ServerLimits
 from orchestrator.tracking import Tracker, read_metrics
 
@@ -45,7 +47,10 @@ class LabellingSession:
         self._lock = threading.Lock()
         metrics = folder / "metrics.jsonl"
         self.last_step = max((r["step"] for r in read_metrics(str(metrics))), default=0) if metrics.exists() else 0
-        self.tracker = Tracker(str(folder), OmegaConf.to_container(cfg, resolve=True), f"collect-{time.strftime('%Y%m%d-%H%M%S')}",
+        config = OmegaConf.to_container(cfg, resolve=True)
+        if self.c.database_url:  # a password in the URL stays out of the tracker's copy of the config
+            config["collect"]["database_url"] = repr(make_url(self.c.database_url))
+        self.tracker = Tracker(str(folder), config, f"collect-{time.strftime('%Y%m%d-%H%M%S')}",
                                wandb=cfg.logger.wandb, wandb_project=cfg.logger.wandb_project,
                                tensorboard=cfg.logger.tensorboard, resume_step=self.last_step)
         self._check_finished()
@@ -79,7 +84,11 @@ class LabellingSession:
         """Serve until the session ends; returns the final summary."""
         app = make_app(self.store, self.tokens, self.status, self.after_judgement, self.c.max_body_bytes)
         limits = ServerLimits(max_body_bytes=self.c.max_body_bytes)
-        server = RewardServer(app, self.c.host, self.c.port, limits).start()
+        try:
+            server = RewardServer(app, self.c.host, self.c.port, limits).start()
+        except OSError as exc:
+            raise ConfigError(f"collect.host={self.c.host} collect.port={self.c.port}: cannot listen there "
+                              f"({exc.strerror or exc}); choose another port (0: any free one)") from None
         host, port = server.server_address
         shown = f"[{host}]" if ":" in host else host
         progress = self.store.progress()

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from orchestrator.errors import ConfigError
+
 CHOICES = ("a", "b", "tie", "skip")
 TAGS = ("helpful", "harmless", "honest")
 
@@ -97,8 +99,14 @@ class LabelStore:
 
     def __init__(self, url: str, overlap: int = 1, seed: int = 0):
         kwargs = {"connect_args": {"check_same_thread": False, "timeout": 30}} if url.startswith("sqlite") else {}
-        self.engine = sa.create_engine(url, future=True, **kwargs)
-        META.create_all(self.engine)
+        try:
+            self.engine = sa.create_engine(url, future=True, **kwargs)
+            META.create_all(self.engine)
+        except (sa.exc.SQLAlchemyError, ImportError) as exc:  # no server, no driver, bad credentials
+            shown = sa.engine.make_url(url).__repr__()  # the password masked
+            detail = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0][:200]
+            raise ConfigError(f"collect.database_url: cannot open the label database {shown}: {type(exc).__name__}: "
+                              f"{detail}") from None
         self.overlap = overlap
         self.lock = threading.Lock()
         self._rng = random.Random(seed)

@@ -34,10 +34,11 @@ def labelling(tmp_path):
 
     made = []
 
-    def make(n_pairs=4, annotators=("alice", "bob"), overlap=1, folder=None):
+    def make(n_pairs=4, annotators=("alice", "bob"), overlap=1, folder=None, url=None, extra=()):
         names = ",".join(annotators)
         cfg = compose_config("pipeline=collect", f"collect.annotators=[{names}]", f"collect.overlap={overlap}",
-                             "logger.wandb=false", "logger.tensorboard=false", f"output_dir={tmp_path}")
+                             "logger.wandb=false", "logger.tensorboard=false", f"output_dir={tmp_path}",
+                             *([f"collect.database_url='{url}'"] if url else []), *extra)
         folder = folder or tmp_path / "collect"
         folder.mkdir(exist_ok=True)
         store = LabelStore(database_url(cfg, folder), overlap)
@@ -59,3 +60,13 @@ def login(client, token: str) -> str:
     reply = client.get(f"/?token={token}", follow_redirects=True)
     assert reply.status_code == 200, reply.text
     return re.search(r'name="csrf-token" content="([0-9a-f]+)"', reply.text).group(1)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory):
+    """A PostgreSQL server of its own (pgserver's bundled binaries) for the session; its SQLAlchemy URL."""
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("postgres"), cleanup_mode="stop")
+    yield server.get_uri().replace("postgresql://", "postgresql+psycopg2://")
+    server.cleanup()

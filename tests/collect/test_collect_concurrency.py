@@ -1,4 +1,5 @@
-"""20 annotators posting at once to the real server (uvicorn, SQLite): no judgement lost, none doubled."""
+"""20 annotators posting at once to the real server (uvicorn; SQLite, and a PostgreSQL server): no judgement
+lost, none doubled."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 
 from orchestrator.rewards.remote import RewardServer, ServerLimits
 from tests.collect.conftest import login
@@ -13,9 +15,11 @@ from tests.collect.conftest import login
 N = 20
 
 
-def test_twenty_annotators_posting_at_once_lose_nothing_and_duplicate_nothing(labelling):
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_twenty_annotators_posting_at_once_lose_nothing_and_duplicate_nothing(labelling, database, request):
+    url = request.getfixturevalue("postgres_url") if database == "postgresql" else None
     names = tuple(f"a{i}" for i in range(N))
-    session, app, tokens = labelling(n_pairs=2 * N, annotators=names)
+    session, app, tokens = labelling(n_pairs=2 * N, annotators=names, url=url)
     server = RewardServer(app, "127.0.0.1", 0, ServerLimits()).start()
     url = "http://127.0.0.1:%d" % server.server_address[1]
     try:
