@@ -4,9 +4,11 @@ peers.json (every step) and peers.png (Tether's phases stacked beside the peers'
 
     .venv/bin/python bench/peers/bench.py [dpo] [grpo] [rloo]     # default: all three
 
-Per work: the peers' step, Tether with the defaults, for GRPO / RLOO Tether with
-``rollout.asynchronous=true`` (one-step off-policy: generation overlaps the update), and Tether with one
-thread per actor (``cluster.torch_threads=1``: what the default was before threads followed the phase).
+Per work: the peers' step, Tether with the defaults, and Tether with its overlap mode: for DPO
+``algorithm.reference_mode=overlap`` (the next batch's reference pass while this one trains), for GRPO /
+RLOO ``rollout.asynchronous=true`` (one-step off-policy: generation overlaps the update). With
+``BENCH_ONE_THREAD=1`` also Tether with one thread per actor (``cluster.torch_threads=1``: what the
+default was before threads followed the phase).
 """
 
 import datetime
@@ -28,16 +30,20 @@ RESULTS = ROOT / "bench" / "results"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(HERE)}
 ONE_THREAD = "cluster.torch_threads=1"
 ASYNC = "rollout.asynchronous=true"
+OVERLAP = "algorithm.reference_mode=overlap"
 M = ["{model}", "{out}", "{work}"]  # the arguments every peer script takes, after its work name if any
+OLD_DEFAULT = os.environ.get("BENCH_ONE_THREAD") == "1"  # add the one-thread-per-actor column (the old default)
 PEERS = {  # work -> [(column, python, script, arguments)]
     "dpo": [("plain loop", sys.executable, "dpo_plain.py", M), ("TRL", TRL_PY, "dpo_trl.py", M),
             ("Tether", sys.executable, "tether_run.py", ["dpo", *M]),
-            ("Tether, 1 thread/actor", sys.executable, "tether_run.py", ["dpo", *M, ONE_THREAD])],
+            ("Tether, reference overlap", sys.executable, "tether_run.py", ["dpo", *M, OVERLAP])],
     **{algo: [("TRL", TRL_PY, "rl_trl.py", [algo, *M]), ("Tether", sys.executable, "tether_run.py", [algo, *M]),
-              ("Tether, asynchronous rollout", sys.executable, "tether_run.py", [algo, *M, ASYNC]),
-              ("Tether, 1 thread/actor", sys.executable, "tether_run.py", [algo, *M, ONE_THREAD])]
+              ("Tether, asynchronous rollout", sys.executable, "tether_run.py", [algo, *M, ASYNC])]
        for algo in ("grpo", "rloo")},
 }
+if OLD_DEFAULT:
+    for work, cols in PEERS.items():
+        cols.append(("Tether, 1 thread/actor", sys.executable, "tether_run.py", [work, *M, ONE_THREAD]))
 TITLES = {"dpo": "DPO, 8 pairs a step, sigmoid, beta 0.1",
           "grpo": "GRPO, 8 prompts x 4 samples x 32 tokens, no KL",
           "rloo": "RLOO, 8 prompts x 4 samples x 32 tokens, no KL"}
