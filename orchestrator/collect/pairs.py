@@ -51,11 +51,12 @@ def load_inputs(cfg) -> list[dict]:
                             cfg.data.split, max_row_bytes=cfg.data.max_row_bytes)
 
 
-def _sample(ctx, pool: RolloutPool, tokenizer, prompts: list, n: int) -> list[str]:
-    """``n`` sampled responses per prompt (chat-templated, left-truncated to fit the engine)."""
+def _sample(ctx, pool: RolloutPool, tokenizer, prompts: list, n: int, stream: int = 0) -> list[str]:
+    """``n`` sampled responses per prompt (chat-templated, left-truncated to fit the engine); ``stream``
+    gives each model its own sampling seeds (the same seeds would couple two models' samples)."""
     limit = ctx.cfg.rollout.max_model_len - ctx.cfg.rollout.max_new_tokens
     ids = [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"][-limit:] for p in prompts]
-    samples = pool.generate(ids, n, ctx.cfg.seed * 1_000_003)
+    samples = pool.generate(ids, n, ctx.cfg.seed * 1_000_003 + stream * 500_009)
     return [tokenizer.decode(s["response_ids"], skip_special_tokens=True).strip() for s in samples]
 
 
@@ -73,7 +74,7 @@ def generate_pairs(ctx, prompt_rows: list[dict]) -> list[dict]:
         pool_b = RolloutPool(cfg, path_b, ctx.place(role_specs(cfg, ["rollout"])), uuid.uuid4().hex[:6])
         pool_b.wait_ready()
         tokenizer_b = AutoTokenizer.from_pretrained(path_b, trust_remote_code=cfg.model.trust_remote_code)
-        a, b = _sample(ctx, pool_a, ctx.tokenizer, prompts, 1), _sample(ctx, pool_b, tokenizer_b, prompts, 1)
+        a, b = _sample(ctx, pool_a, ctx.tokenizer, prompts, 1), _sample(ctx, pool_b, tokenizer_b, prompts, 1, stream=1)
         source = "model_a_vs_b"
     else:
         texts = _sample(ctx, pool_a, ctx.tokenizer, prompts, 2)
