@@ -72,8 +72,10 @@ class RunContext:
         self.pad_id = pad_token_id(self.tokenizer)
         if prepare is not None:
             self.train_rows, self.eval_rows = prepare(self)
+        self.start_marks = {"inputs": time.time()}  # start-up stages, ends (epoch seconds); see ``log``
         self.dashboard_url = start_ray(cfg.cluster)
         place_on_nodes(self.model_path, cfg.cluster.call_timeout_s)  # a model built here reaches every node
+        self.start_marks["ray"] = time.time()
         self.times: dict[str, float] = {}
         self.tracker: Tracker | None = None
         self.placements: list[Placement] = []
@@ -152,6 +154,7 @@ class RunContext:
         """Step numbers start+1..max_steps, with a progress bar when enabled."""
         steps = range(start + 1, self.cfg.trainer.max_steps + 1)
         self._last_log = time.perf_counter()
+        self.start_marks["actors"] = time.time()
         if self.cfg.logger.progress_bar:
             from tqdm import tqdm
 
@@ -183,8 +186,12 @@ class RunContext:
             OmegaConf.save(c, self.output_dir / "config.yaml", resolve=True)
         now = time.perf_counter()
         row = {**metrics, **self.times, "time/step": now - self._last_log}
-        if not self.steps_logged:  # the first step of this process: how long the user waited for it
+        if not self.steps_logged:  # the first step of this process: how long the user waited for it, and where
+            # it went: input checks and tokenizer, Ray start, the roles' actors (and a resume's checkpoint load)
             row["time/to_first_step"] = time.time() - process_started()
+            ends = list(self.start_marks.items())
+            for (name, end), before in zip(ends, [process_started()] + [e for _, e in ends]):
+                row[f"time/start/{name}"] = end - before
         self._last_log = now
         self.tracker.log(step, row)
         self.times = {}

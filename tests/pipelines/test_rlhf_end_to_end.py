@@ -47,6 +47,8 @@ def test_rlhf_learns_rule_reward(tmp_path, algorithm):
     # how long the user waited for step 1 (from process start), on the first row only
     assert rows[0]["time/to_first_step"] > rows[0]["time/step"] > 0
     assert not any("time/to_first_step" in r for r in rows[1:])
+    stages = [rows[0][f"time/start/{k}"] for k in ("inputs", "ray", "actors")]  # where the wait went
+    assert all(t > 0 for t in stages) and sum(stages) < rows[0]["time/to_first_step"]
     # the final policy is a plain HF folder
     model = AutoModelForCausalLM.from_pretrained(out / "final")
     AutoTokenizer.from_pretrained(out / "final")
