@@ -97,6 +97,9 @@ def tables(results: dict) -> list[str]:
             if "phase_medians" in r:
                 pm = {k[5:]: v for k, v in r["phase_medians"].items() if k != "time/step"}
                 lines.append(f"- {name} phases (median s): " + ", ".join(f"{k} {v:.2f}" for k, v in pm.items()))
+            if r.get("start_stages_s"):
+                lines.append(f"- {name} before step 1 (s): " + ", ".join(f"{k} {v:.2f}" for k, v in r["start_stages_s"].items())
+                             + f"; step 1 {r['steps_s'][0]:.2f}")
         for name, r in cols.items():
             if r.get("peak_rss_mb"):
                 lines.append(f"- {name} peak RSS (MiB): " + ", ".join(f"{k} {v}" for k, v in sorted(r["peak_rss_mb"].items())))

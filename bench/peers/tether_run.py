@@ -98,14 +98,16 @@ def main(work_name, model_dir, out, work, *overrides):
     if proc.returncode != 0:
         sys.exit(f"tether exited {proc.returncode}")
     data = rows(work / "metrics.jsonl")
-    keys = sorted({k for r in data for k in r if k.startswith("time/") and k != "time/to_first_step"})
+    keys = sorted({k for r in data for k in r if k.startswith("time/") and k != "time/to_first_step"
+                   and not k.startswith("time/start/")})
     phases = {k: [r.get(k) for r in data] for k in keys}
     medians = {k: c.statistics.median([v for v in vs[2:] if v is not None] or [0]) for k, vs in phases.items()}
     res = c.summary(phases["time/step"], first if first is not None else total, total_s=total,
                     overrides=list(overrides), phases=phases, phase_medians=medians,
                     peak_rss_mb=labelled(peak, names), rss_at_steps_mb=[labelled(r, names) for r in at_steps],
                     reward=[r.get("reward/mean") for r in data],
-                    logged_to_first_step_s=data[0].get("time/to_first_step") if data else None)
+                    logged_to_first_step_s=data[0].get("time/to_first_step") if data else None,
+                    start_stages_s={k[11:]: v for k, v in (data[0] if data else {}).items() if k.startswith("time/start/")})
     json.dump(res, open(out, "w"), indent=1)
 
 
