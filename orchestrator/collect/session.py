@@ -14,11 +14,13 @@ import logging
 import signal
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import OmegaConf
 from sqlalchemy.engine import make_url
 
+from orchestrator import outputs
 from orchestrator.collect import tokens as annotator_tokens
 from orchestrator.collect.app import make_app
 from orchestrator.collect.export import export
@@ -33,6 +35,27 @@ log = logging.getLogger("tether")
 def database_url(cfg, folder: Path) -> str:
     """``collect.database_url``, else SQLite at ``<output_dir>/collect/labels.db``."""
     return cfg.collect.database_url or f"sqlite:///{folder / 'labels.db'}"
+
+
+@contextmanager
+def labelling_folder(cfg):
+    """``<output_dir>/collect``, with the output folder locked (one writer) while the block runs."""
+    out = Path(cfg.output_dir).expanduser().resolve()
+    outputs.prepare(out)
+    lock = outputs.OutputLock(out)
+    try:
+        (out / "collect").mkdir(exist_ok=True)
+        yield out / "collect"
+    finally:
+        lock.release()
+
+
+def stored_pairs(cfg) -> int:
+    """How many pairs the label database already holds (0 when the default SQLite file does not exist yet)."""
+    folder = Path(cfg.output_dir).expanduser().resolve() / "collect"
+    if not cfg.collect.database_url and not (folder / "labels.db").exists():
+        return 0
+    return LabelStore(database_url(cfg, folder), cfg.collect.overlap, cfg.seed).count_pairs()
 
 
 class LabellingSession:

@@ -20,30 +20,14 @@ As on paper:
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
-from pathlib import Path
 
-from orchestrator import outputs
 from orchestrator.collect.export import export
 from orchestrator.collect.pairs import generate_pairs, load_inputs, score_pairs
-from orchestrator.collect.session import LabellingSession, database_url
+from orchestrator.collect.session import LabellingSession, database_url, labelling_folder, stored_pairs
 from orchestrator.collect.store import LabelStore
 from orchestrator.run import RunContext
 
 log = logging.getLogger("tether")
-
-
-@contextmanager
-def labelling_folder(cfg):
-    """``<output_dir>/collect``, with the output folder locked (one writer) while the block runs."""
-    out = Path(cfg.output_dir).expanduser().resolve()
-    outputs.prepare(out)
-    lock = outputs.OutputLock(out)
-    try:
-        (out / "collect").mkdir(exist_ok=True)
-        yield out / "collect"
-    finally:
-        lock.release()
 
 
 def prepare_pairs(cfg, inputs: list[dict]) -> list[dict]:
@@ -61,8 +45,7 @@ def run(cfg) -> dict:
     """Prepare the pairs once, then serve them until the session ends; returns the summary numbers."""
     c = cfg.collect
     inputs = load_inputs(cfg)  # checked (file:line) before anything starts
-    with labelling_folder(cfg) as folder:
-        stored = LabelStore(database_url(cfg, folder), c.overlap, cfg.seed).count_pairs()
+    stored = stored_pairs(cfg)
     if not stored:
         ready = c.pairs_path and c.selection != "uncertainty"
         pairs = inputs if ready else prepare_pairs(cfg, inputs)
