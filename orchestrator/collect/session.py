@@ -2,10 +2,11 @@
 
 After every judgement ``preferences.jsonl`` and ``summary.json`` are rewritten (atomically), and every
 ``collect.log_every`` labels a metrics row goes through the project's tracker (``metrics.jsonl``,
-TensorBoard, wandb under ``<output_dir>/collect/``; the step is the number of labels stored). The
-session ends, with a last export and metrics row, when every pair has ``collect.overlap`` judgements,
-when ``collect.max_labels`` judgements were stored since it started, or on SIGTERM / Ctrl-C. The
-database keeps every judgement, so the same command later goes on where this one stopped.
+TensorBoard, wandb under ``<output_dir>/collect/``; the step is the number of labels stored, and every
+session continues the same wandb run). The session ends, with a last export and metrics row, when every
+pair has ``collect.overlap`` judgements, when ``collect.max_labels`` judgements were stored since it
+started, or on SIGTERM / Ctrl-C. The database keeps every judgement, so the same command later goes on
+where this one stopped.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from sqlalchemy.engine import make_url
 
-from orchestrator import outputs
+from orchestrator import atomic, outputs
 from orchestrator.collect import tokens as annotator_tokens
 from orchestrator.collect.app import make_app
 from orchestrator.collect.export import export
@@ -30,6 +31,7 @@ from orchestrator.rewards.remote import RewardServer, ServerLimits
 from orchestrator.tracking import Tracker, read_metrics
 
 log = logging.getLogger("tether")
+WANDB_ID_FILE = "wandb_id"  # the labelling's wandb run, continued by every session
 
 
 def database_url(cfg, folder: Path) -> str:
@@ -75,8 +77,15 @@ class LabellingSession:
             config["collect"]["database_url"] = repr(make_url(self.c.database_url))
         self.tracker = Tracker(str(folder), config, f"collect-{time.strftime('%Y%m%d-%H%M%S')}",
                                wandb=cfg.logger.wandb, wandb_project=cfg.logger.wandb_project,
-                               tensorboard=cfg.logger.tensorboard, resume_step=self.last_step)
+                               tensorboard=cfg.logger.tensorboard, resume_step=self.last_step,
+                               wandb_id=self._read_wandb_id())
+        if self.tracker.wandb_id:  # the next session continues this wandb run
+            atomic.write_text(folder / WANDB_ID_FILE, self.tracker.wandb_id)
         self._check_finished()
+
+    def _read_wandb_id(self) -> str | None:
+        path = self.folder / WANDB_ID_FILE
+        return path.read_text(encoding="utf-8").strip() or None if path.exists() else None
 
     def status(self) -> dict:
         return {**self.values, **{f"collect/progress/{k}": v for k, v in self.store.progress().items() if k != "mine"}}

@@ -128,7 +128,9 @@ def test_browser_labels_pairs_resumes_after_sigterm_and_dpo_trains_on_them(tmp_p
     assert len(prefs) == 6 and all(p["annotators"] == ["alice"] for p in prefs)
     metrics = _jsonl(out / "collect" / "metrics.jsonl")
     assert metrics[-1]["step"] == 8 and metrics[-1]["collect/labels"] == 8 and metrics[-1]["collect/exported_pairs"] == 6
-    assert list((out / "collect" / "tensorboard").glob("events.*")) and list((out / "collect" / "wandb").iterdir())
+    assert list((out / "collect" / "tensorboard").glob("events.*"))
+    runs = list((out / "collect" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and len({r.name.rsplit("-", 1)[1] for r in runs}) == 1  # the second session continued the run
 
     dpo = tmp_path / "dpo"
     proc = run_cli("pipeline=dpo", f"data.path={out / 'collect' / 'preferences.jsonl'}", "trainer.max_steps=3",
