@@ -61,8 +61,9 @@ class Secret:
 
 
 def actor_env() -> dict:
-    """Environment variables every actor of a run gets (through Ray's ``runtime_env``, which Ray
-    logs: nothing secret goes here, in particular not ``WANDB_API_KEY``: actors do not log to wandb)."""
+    """Environment variables every actor of a run gets (through Ray's ``runtime_env`` on a cluster, which
+    Ray logs: nothing secret goes here, in particular not ``WANDB_API_KEY``: actors do not log to wandb;
+    a local Ray's processes inherit them from the driver's environment)."""
     cache = default_cache_dir()
     env = {**QUIET_ENV, **quiet.actor_env()}
     env.setdefault("TETHER_CACHE", str(cache))
@@ -171,6 +172,10 @@ def start_ray(cluster_cfg) -> str | None:
         except (ConnectionError, RuntimeError) as exc:
             raise ResourceError(f"cluster.address={address!r}: cannot connect to Ray: {exc}".splitlines()[0]) from exc
     else:
+        # A local Ray's processes inherit this process's environment: the actors' variables go there instead
+        # of a runtime_env, which would keep the actors off the worker processes Ray starts in advance (a
+        # fresh process per actor: seconds of a 2-core machine's start-up).
+        os.environ.update(kwargs.pop("runtime_env")["env_vars"])
         try:
             context = ray.init(address="local", num_cpus=cluster_cfg.num_cpus, include_dashboard=cluster_cfg.dashboard,
                                dashboard_host="127.0.0.1", **kwargs)
