@@ -28,7 +28,8 @@ from orchestrator.placement import RoleSpec, role_specs
 from orchestrator.preference_data import load_pair_rows
 from orchestrator.redteam.attacks import load_attacks
 from orchestrator.redteam.attempt import attack
-from orchestrator.redteam.judges import Judge, check_judge, judge_roles
+from orchestrator.redteam.judge_actor import Judge
+from orchestrator.redteam.judges import check_judge, judge_roles
 from orchestrator.redteam.report import summarize, write_outputs
 from orchestrator.rewards.loader import check_reward_file
 from orchestrator.roles import RolloutPool, reference_actor, reward_actor

@@ -24,7 +24,8 @@ import uuid
 from orchestrator.placement import role_specs
 from orchestrator.redteam.attacks import load_attacks
 from orchestrator.redteam.attempt import attack
-from orchestrator.redteam.judges import Judge, check_judge, judge_roles
+from orchestrator.redteam.judge_actor import Judge
+from orchestrator.redteam.judges import check_judge, judge_roles
 from orchestrator.redteam.report import summarize, tracked_metrics, write_outputs
 from orchestrator.roles import RolloutPool
 from orchestrator.run import RunContext
@@ -45,7 +46,7 @@ def run(cfg) -> dict:
     with RunContext(cfg, load_redteam_inputs) as ctx:
         attacks = ctx.train_rows
         if r.generate_per_category and r.attacker.model_path:  # another model: its own engines, freed after
-            from orchestrator.redteam.cycle import attacks_from_other_model
+            from orchestrator.redteam.generate import attacks_from_other_model
 
             attacks = attacks + attacks_from_other_model(ctx, attacks)
         placement = ctx.place(role_specs(cfg, ["rollout"]) + judge_roles(cfg))

@@ -7,7 +7,7 @@ import logging
 import time
 
 from orchestrator.data import render_prompt
-from orchestrator.redteam.judges import Judge
+from orchestrator.redteam.judge_actor import Judge
 from orchestrator.redteam.refusal import is_refusal
 from orchestrator.roles import RolloutPool
 

@@ -1,4 +1,4 @@
-"""The targeted-training cycle (``pipeline=redteam redteam.retrain=true``) and an attacker on its own engines.
+"""The targeted-training cycle (``pipeline=redteam redteam.retrain=true``).
 
 Cycle: red-team (``<output_dir>/redteam``) -> ``pipeline=cai`` on the failures with ``cai.then=dpo``
 (``<output_dir>/cai``, its DPO run in ``<output_dir>/cai/dpo``) -> the same attacks (file and generated,
@@ -11,40 +11,18 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
-
-import ray
+from pathlib import Path
 
 from orchestrator import atomic
 from orchestrator.errors import DataError
-from orchestrator.placement import role_specs
-from orchestrator.redteam.generate import generate_attacks
 from orchestrator.redteam.report import before_after_table
 from orchestrator.redteam.stages import derived_config, run_stage
-from orchestrator.roles import RolloutPool
 
 log = logging.getLogger("tether")
 
 
-def attacks_from_other_model(ctx, attacks: list[dict]) -> list[dict]:
-    """Attacks written by ``redteam.attacker.model_path`` on engines of its own, removed afterwards."""
-    path = ctx.cfg.redteam.attacker.model_path
-    placement = ctx.place(role_specs(ctx.cfg, ["rollout"]))
-    pool = RolloutPool(ctx.cfg, path, placement, uuid.uuid4().hex[:6])
-    pool.wait_ready()
-    try:
-        return generate_attacks(ctx, pool, attacks, path)
-    finally:
-        for actor in pool.actors:
-            ray.kill(actor)
-        ctx.placements.remove(placement)
-        placement.remove()
-
-
 def retrain_and_attack_again(cfg, before: dict) -> dict:
     """CAI on the failures, DPO on its pairs, the same attacks again; writes and returns the before/after."""
-    from pathlib import Path
-
     out = Path(cfg.output_dir).expanduser().resolve()
     folder = out / "redteam"
     if before["n_failures"] < cfg.trainer.mini_batch_size:
