@@ -111,12 +111,12 @@ def convert_gguf(path: Path, cache_dir: Path | None = None) -> Path:
     135M model); the quantizer is then detached so ``save_pretrained`` writes plain safetensors.
     The tokenizer comes from the GGUF too; a missing pad token is set to the eos token.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-
     target = (cache_dir or default_cache_dir()) / "models" / f"{path.stem}-{_gguf_key(path)}"
     if (target / "model.safetensors").is_file():
         return target
+    import torch  # only for a conversion: importing transformers' model classes takes seconds
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
     if importlib.util.find_spec("gguf") is None:
         raise ConfigError(f"model.gguf: reading {path.name} needs the 'gguf' package: pip install gguf "
                           "(or run: make sentiment-prepare)")
