@@ -38,9 +38,11 @@ from orchestrator.errors import CheckpointError, ConfigError
 log = logging.getLogger("tether")
 LOCK_FILE = ".tether.lock"
 RUN_FILES = ("metrics.jsonl", "config.yaml", "final", "checkpoints")  # a folder holding any of these holds a run
-# what overwrite=true removes: the run files, the trackers' folders, CAI's stage outputs, a half-written final
+# what overwrite=true removes: the run files, the trackers' folders, CAI's stage outputs, the red-team and
+# evaluation outputs (a red-team cycle's second pass: after/), a half-written final; never collect/ (labels)
 RUN_ID_FILE = "run.json"  # {"run_id": uuid4 hex}: which run the folder holds
-OVERWRITTEN = (*RUN_FILES, "tensorboard", "wandb", "cai", ".final.tmp", RUN_ID_FILE)
+OVERWRITTEN = (*RUN_FILES, "tensorboard", "wandb", "cai", "redteam", "eval", "final_eval", "after", ".final.tmp",
+               RUN_ID_FILE)
 
 
 def prepare(output_dir: Path) -> bool:

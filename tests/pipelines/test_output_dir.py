@@ -60,8 +60,13 @@ def test_second_run_meets_the_lock_and_only_overwrite_deletes(tmp_path):
     assert _files(out) == before
 
     # overwrite=true: the old run's files go (metrics, config, final/, tracker folders); a fresh run
+    (out / "redteam").mkdir()  # an earlier red-team pass's outputs go too; collected labels never do
+    (out / "redteam" / "summary.json").write_text("{}")
+    (out / "collect").mkdir()
+    (out / "collect" / "labels.db").write_text("labels")
     proc = run_cli(*DPO, "overwrite=true", "trainer.max_steps=1", f"output_dir={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (out / "redteam").exists() and (out / "collect" / "labels.db").read_text() == "labels"
     assert "overwrite=true: removed the previous run's metrics.jsonl, config.yaml, final" in proc.stdout + proc.stderr
     assert [json.loads(r)["step"] for r in (out / "metrics.jsonl").read_text().splitlines()] == [1]
     assert len(list((out / "wandb").glob("offline-run-*"))) == 1
