@@ -11,7 +11,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from conftest import compose_config, error_line, run_cli
+from tests.conftest import compose_config, error_line, run_cli
 from orchestrator import sweep
 from orchestrator.errors import ConfigError
 
