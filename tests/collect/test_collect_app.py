@@ -182,24 +182,24 @@ def test_store_accepts_the_same_pairs_once(tmp_path):
     assert store.pairs()[0]["prompt"] == rows[0]["prompt"]
 
 
-def test_the_session_ends_after_max_labels_or_when_every_pair_is_judged(labelling):
-    session, app, tokens = labelling(n_pairs=4, extra=("collect.max_labels=2",))
+def judge_pairs(session, app, token: str, n: int, choice: str) -> None:
+    """Alice judges ``n`` served pairs with ``choice``; the session must not end before the last."""
     client = TestClient(app)
-    csrf = login(client, tokens["alice"])
-    for _ in range(2):
+    csrf = login(client, token)
+    for _ in range(n):
         assert not session.stop.is_set()
         pair = client.get("/api/next").json()["pair"]
-        client.post("/api/judge", json={"pair_id": pair["id"], "choice": "tie"}, headers={"X-CSRF-Token": csrf})
+        client.post("/api/judge", json={"pair_id": pair["id"], "choice": choice}, headers={"X-CSRF-Token": csrf})
+
+
+def test_the_session_ends_after_max_labels_or_when_every_pair_is_judged(labelling):
+    session, app, tokens = labelling(n_pairs=4, extra=("collect.max_labels=2",))
+    judge_pairs(session, app, tokens["alice"], 2, "tie")
     assert session.stop.is_set() and len(session.store.judgements()) == 2
     session.close()
     metrics = [json.loads(line) for line in (session.folder / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [2] and metrics[0]["collect/ties"] == 2  # the session's last row
 
     again, app, tokens = labelling(n_pairs=4, folder=session.folder)  # a new session: 2 of 4 left, no limit
-    client = TestClient(app)
-    csrf = login(client, tokens["alice"])
-    for _ in range(2):
-        assert not again.stop.is_set()
-        pair = client.get("/api/next").json()["pair"]
-        client.post("/api/judge", json={"pair_id": pair["id"], "choice": "left"}, headers={"X-CSRF-Token": csrf})
+    judge_pairs(again, app, tokens["alice"], 2, "left")
     assert again.stop.is_set()  # every pair judged
