@@ -1,7 +1,7 @@
 """RLHF prompts: loading and checking them (with the reward function or model), and tokenising
 them once, before the first step.
 
-``RunContext(cfg, load_prompt_data, prepare_prompts)`` runs both before Ray starts. Each prepared
+``RunContext(cfg, load_prompt_data, prepare_prompts)`` runs both before any actor starts. Each prepared
 row is ``{"prompt_ids": [...], "prompt_text": str}``: the chat-templated, left-truncated token ids
 the rollout engines continue, and the prompt as reward functions and reward models see it.
 """

@@ -12,6 +12,7 @@ import logging
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from orchestrator.errors import CheckpointError, ConfigError, NumericalError, Wo
 from orchestrator.model_nodes import place_on_nodes
 from orchestrator.models import resolve_model_path
 from orchestrator.placement import Placement
-from orchestrator.runtime import start_ray
+from orchestrator.runtime import start_ray, stop_ray_started_here
 from orchestrator.tracking import Tracker
 
 log = logging.getLogger("tether")
@@ -41,8 +42,9 @@ class RunContext:
 
     ``load_data(cfg) -> (train_rows, held_out_rows)`` is the pipeline's input check; it runs after
     the config is validated and before the tokenizer is loaded. ``prepare(ctx) -> (train, held_out)``,
-    if given, then turns the rows into what the pipeline trains on (e.g. token ids). Both run before
-    Ray is started: bad input fails fast.
+    if given, then turns the rows into what the pipeline trains on (e.g. token ids). ``load_data`` runs
+    before Ray starts; the tokenizer and ``prepare`` run while it starts (seconds of a CPU otherwise idle),
+    and their error stops it again. Either way bad input fails before any actor starts.
     """
 
     def __init__(self, cfg, load_data, prepare=None):
@@ -58,24 +60,22 @@ class RunContext:
             raise
 
     def _start(self, cfg, load_data, prepare) -> None:
-        """Input checks, tokenizer, Ray: what ``__init__`` does once the output folder is held."""
+        """Input checks, tokenizer, Ray: what ``__init__`` does once the output folder is held. The config
+        and the data rows are checked before Ray starts; the tokenizer (seconds of imports) loads and the
+        rows are prepared while it starts, and an error there stops the Ray just started before it is raised."""
         self.train_rows, self.eval_rows = load_data(cfg)
         self.model_path = resolve_model_path(cfg.model)
-        from transformers import AutoTokenizer
-
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=cfg.model.trust_remote_code)
-        except (OSError, ValueError) as exc:  # no or broken tokenizer files: one line, before Ray starts
-            detail = (str(exc).strip().splitlines() or [""])[0][:200]
-            raise ConfigError(f"model: the tokenizer in {self.model_path} did not load ({type(exc).__name__}: {detail}); "
-                              "the folder needs its tokenizer files (tokenizer.json, tokenizer_config.json)") from None
-        self.pad_id = pad_token_id(self.tokenizer)
-        if prepare is not None:
-            self.train_rows, self.eval_rows = prepare(self)
-        self.start_marks = {"inputs": time.time()}  # start-up stages, ends (epoch seconds); see ``log``
-        self.dashboard_url = start_ray(cfg.cluster)
+        with ThreadPoolExecutor(1, thread_name_prefix="inputs") as pool:
+            inputs = pool.submit(self._tokenize, cfg, prepare)
+            try:
+                self.dashboard_url = start_ray(cfg.cluster)
+            finally:
+                if inputs.exception() is not None:  # the input's error, not Ray's: the user's to fix first
+                    stop_ray_started_here()
+                    raise inputs.exception()
+        self.start_marks = {"inputs": self._inputs_done}  # start-up stages (ends); see ``log``
         place_on_nodes(self.model_path, cfg.cluster.call_timeout_s)  # a model built here reaches every node
-        self.start_marks["ray"] = time.time()
+        self.start_marks["ray"] = time.time()  # what Ray's start took beyond the inputs' (0 when it was quicker)
         self.times: dict[str, float] = {}
         self.tracker: Tracker | None = None
         self.placements: list[Placement] = []
@@ -85,6 +85,22 @@ class RunContext:
         self.nonfinite_steps = 0
         self.bar = None
         self._last_log = time.perf_counter()
+
+    def _tokenize(self, cfg, prepare) -> None:
+        """Load the tokenizer and prepare the rows (``prepare``); one-line error for a folder without a
+        tokenizer."""
+        from transformers import AutoTokenizer
+
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=cfg.model.trust_remote_code)
+        except (OSError, ValueError) as exc:  # no or broken tokenizer files: one line, before any actor starts
+            detail = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise ConfigError(f"model: the tokenizer in {self.model_path} did not load ({type(exc).__name__}: {detail}); "
+                              "the folder needs its tokenizer files (tokenizer.json, tokenizer_config.json)") from None
+        self.pad_id = pad_token_id(self.tokenizer)
+        if prepare is not None:
+            self.train_rows, self.eval_rows = prepare(self)
+        self._inputs_done = time.time()
 
     def __enter__(self) -> "RunContext":
         if self.cfg.get("overwrite"):  # every input check passed: only now is the old run removed

@@ -330,7 +330,7 @@ def test_resume_auto_skips_a_checkpoint_of_another_run(tmp_path, caplog):
 
 # ---- end to end: a model folder without a tokenizer ---------------------------------------------------
 @pytest.mark.slow
-def test_a_model_folder_without_tokenizer_files_is_one_line_before_ray(tmp_path, tiny_model_path):
+def test_a_model_folder_without_tokenizer_files_is_one_line_before_any_actor(tmp_path, tiny_model_path):
     import shutil
 
     from tests.conftest import error_line, run_cli
@@ -342,7 +342,37 @@ def test_a_model_folder_without_tokenizer_files_is_one_line_before_ray(tmp_path,
     proc = run_cli("pipeline=sft", "rollout=hf", f"model.path={model}", f"output_dir={out}", timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert error_line(proc).startswith(f"tether: error: model: the tokenizer in {model} did not load")
-    assert "Traceback" not in proc.stderr and not out.exists()  # before Ray; the folder it created is removed
+    assert "Traceback" not in proc.stderr and not out.exists()  # before any actor; the folder it created is removed
+
+
+@pytest.mark.slow
+def test_an_input_error_found_while_ray_starts_stops_that_ray(tmp_path, tiny_model_path, monkeypatch):
+    """The tokenizer loads while Ray starts (orchestrator/run.py); its error stops the Ray that started."""
+    import shutil
+
+    import ray
+
+    from orchestrator import run
+
+    assert not ray.is_initialized()
+    model = tmp_path / "model"
+    model.mkdir()
+    shutil.copy(Path(tiny_model_path) / "config.json", model)
+    started = []
+
+    def start_ray(cluster):  # the real start, noting that Ray came up
+        url = real_start(cluster)
+        started.append(ray.is_initialized())
+        return url
+
+    real_start = run.start_ray
+    monkeypatch.setattr(run, "start_ray", start_ray)
+    cfg = compose_config("pipeline=sft", f"model.path={model}", f"output_dir={tmp_path / 'out'}", "cluster.num_cpus=1",
+                         "cluster.dashboard=false")
+    with pytest.raises(ConfigError, match=r"^model: the tokenizer in .* did not load"):
+        run.RunContext(cfg, lambda c: ([], []))
+    assert started == [True] and not ray.is_initialized()
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

@@ -44,6 +44,13 @@ PEERS = {  # work -> [(column, python, script, arguments)]
 if OLD_DEFAULT:
     for work, cols in PEERS.items():
         cols.append(("Tether, 1 thread/actor", sys.executable, "tether_run.py", [work, *M, ONE_THREAD]))
+# Tether as it was when the speed work began (the commit before it; BENCH_BASELINE=none leaves it out): its own
+# checkout of that commit, run by the same tether_run.py with the same venv
+BASELINE = os.environ.get("BENCH_BASELINE", "5e2e359")
+BASELINE_LABEL = f"Tether at {BASELINE} (before the speed work)"
+if BASELINE != "none":
+    for work, cols in PEERS.items():
+        cols.append((BASELINE_LABEL, sys.executable, "tether_run.py", [work, *M]))
 TITLES = {"dpo": "DPO, 8 pairs a step, sigmoid, beta 0.1",
           "grpo": "GRPO, 8 prompts x 4 samples x 32 tokens, no KL",
           "rloo": "RLOO, 8 prompts x 4 samples x 32 tokens, no KL"}
@@ -56,13 +63,26 @@ def model_dir() -> str:
     return resolve_model_path(OmegaConf.load(ROOT / "conf" / "model" / "smollm2_135m.yaml").model)
 
 
+def baseline_checkout() -> Path:
+    """A checkout of ``BASELINE`` (made once, under bench/peers/, ignored by git)."""
+    where = HERE / f".baseline-{BASELINE}"
+    if not (where / "orchestrator").is_dir():
+        shutil.rmtree(where, ignore_errors=True)
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--force", "--detach", str(where), BASELINE],
+                       check=True, capture_output=True)
+    return where
+
+
 def run(label, py, script, model, args) -> dict:
     """Run one peer in its own process; its result JSON."""
     tmp = Path(tempfile.mkdtemp(prefix="bench-peer-"))
     argv = [str(py), str(HERE / script),
             *[a.format(model=model, out=tmp / "result.json", work=tmp / "work") for a in args]]
     print(f"== {label}: {' '.join(argv[1:])}", flush=True)
-    proc = subprocess.run(argv, env={**ENV, "BENCH_T0": repr(time.time())}, cwd=ROOT)
+    env = {**ENV, "BENCH_T0": repr(time.time())}
+    if label == BASELINE_LABEL:  # tether_run.py starts `python -m orchestrator` in that checkout
+        env["BENCH_TETHER_ROOT"] = str(baseline_checkout())
+    proc = subprocess.run(argv, env=env, cwd=ROOT)
     ok = proc.returncode == 0 and (tmp / "result.json").is_file()
     res = json.loads((tmp / "result.json").read_text()) if ok else {"error": f"failed (exit {proc.returncode})"}
     shutil.rmtree(tmp, ignore_errors=True)  # Tether's run folder may hold a 0.5 GB model

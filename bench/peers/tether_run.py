@@ -11,6 +11,7 @@ each one's peak, its RSS when each step's row appears shows whether anything gro
 """
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -77,7 +78,7 @@ def main(work_name, model_dir, out, work, *overrides):
            "logger.wandb=false", "logger.progress_bar=false", "trainer.save_final=false", f"output_dir={work}",
            *overrides]
     t0 = time.time()
-    proc = subprocess.Popen(cmd, cwd=c.ROOT)
+    proc = subprocess.Popen(cmd, cwd=os.environ.get("BENCH_TETHER_ROOT", c.ROOT))  # bench.py's baseline: another checkout
     ps = psutil.Process(proc.pid)
     first, peak, at_steps, seen, names = None, {}, [], 0, {}
     while proc.poll() is None:
