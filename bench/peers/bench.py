@@ -80,7 +80,7 @@ def run(label, py, script, model, args) -> dict:
             *[a.format(model=model, out=tmp / "result.json", work=tmp / "work") for a in args]]
     print(f"== {label}: {' '.join(argv[1:])}", flush=True)
     env = {**ENV, "BENCH_T0": repr(time.time())}
-    if label == BASELINE_LABEL:  # tether_run.py starts `python -m orchestrator` in that checkout
+    if label.endswith(BASELINE_LABEL):  # "work / column"; tether_run.py starts `python -m orchestrator` in that checkout
         env["BENCH_TETHER_ROOT"] = str(baseline_checkout())
     proc = subprocess.run(argv, env=env, cwd=ROOT)
     ok = proc.returncode == 0 and (tmp / "result.json").is_file()
