@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -154,7 +155,7 @@ def plot(results: dict, path: Path) -> None:
                 color = colors.setdefault(phase, f"C{len(colors)}")
                 ax.bar(i, v, bottom=bottom, color=color, label=phase)
                 bottom += v
-        ax.set_xticks(range(len(cols)), [n.replace(", ", ",\n") for n in cols], fontsize=8)
+        ax.set_xticks(range(len(cols)), [textwrap.fill(n, 14) for n in cols], fontsize=7)
         ax.set_title(TITLES[work], fontsize=9)
         ax.set_ylabel("seconds per step (median)")
     handles = {l: h for ax in axes[0] for h, l in zip(*ax.get_legend_handles_labels())}
