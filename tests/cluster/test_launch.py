@@ -117,8 +117,12 @@ def local_head():
         shutil.rmtree(head_dir, ignore_errors=True)
 
 
-def _listening_hosts(port: int) -> set[str]:
-    return {c.laddr.ip for c in psutil.net_connections(kind="tcp") if c.status == "LISTEN" and c.laddr.port == port}
+def _listening_hosts(port: int, head_dir: str) -> set[str]:
+    """Where the head's own processes (those started with its ``--temp-dir``) listen on ``port``. Another
+    test's process may listen on the same port number on another address (gloo binds the node's IP)."""
+    head = {p.pid for p in psutil.process_iter(["cmdline"]) if any(head_dir in a for a in p.info["cmdline"] or [])}
+    return {c.laddr.ip for c in psutil.net_connections(kind="tcp")
+            if c.status == "LISTEN" and c.laddr.port == port and c.pid in head}
 
 
 @pytest.mark.slow
@@ -138,7 +142,7 @@ def test_submit_default_job_to_local_head(local_head, tmp_path):
     assert f"job {job_id}: SUCCEEDED" in proc.stdout
 
     # the head's dashboard / Jobs API listen on loopback only, and it answers
-    assert _listening_hosts(dashboard) == {"127.0.0.1"}
+    assert _listening_hosts(dashboard, head_dir) == {"127.0.0.1"}
     assert urllib.request.urlopen(f"http://127.0.0.1:{dashboard}/", timeout=10).status == 200
     assert os.path.exists(os.path.join(head_dir, "ray_current_cluster"))
 
