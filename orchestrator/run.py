@@ -24,7 +24,7 @@ from orchestrator.errors import CheckpointError, ConfigError, NumericalError, Wo
 from orchestrator.model_nodes import place_on_nodes
 from orchestrator.models import resolve_model_path
 from orchestrator.placement import Placement
-from orchestrator.runtime import start_ray, stop_ray_started_here
+from orchestrator.runtime import ray_is_up, start_ray, stop_ray
 from orchestrator.tracking import Tracker
 
 log = logging.getLogger("tether")
@@ -65,13 +65,14 @@ class RunContext:
         rows are prepared while it starts, and an error there stops the Ray just started before it is raised."""
         self.train_rows, self.eval_rows = load_data(cfg)
         self.model_path = resolve_model_path(cfg.model)
+        was_up = ray_is_up()
         with ThreadPoolExecutor(1, thread_name_prefix="inputs") as pool:
             inputs = pool.submit(self._tokenize, cfg, prepare)
             try:
                 self.dashboard_url = start_ray(cfg.cluster)
             finally:
                 if inputs.exception() is not None:  # the input's error, not Ray's: the user's to fix first
-                    stop_ray_started_here()
+                    stop_ray(was_up)
                     raise inputs.exception()
         self.start_marks = {"inputs": self._inputs_done}  # start-up stages (ends); see ``log``
         place_on_nodes(self.model_path, cfg.cluster.call_timeout_s)  # a model built here reaches every node

@@ -157,8 +157,6 @@ def start_ray(cluster_cfg) -> str | None:
         os.environ.setdefault(key, value)
     if ray.is_initialized():
         return None
-    global _STARTED_HERE
-    _STARTED_HERE = True
     address = cluster_cfg.address or os.environ.get("RAY_ADDRESS")
     env = actor_env()
     job = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # set inside a Ray job (ray job submit / launch.sh)
@@ -191,16 +189,16 @@ def start_ray(cluster_cfg) -> str | None:
     return getattr(context, "dashboard_url", None) or None
 
 
-_STARTED_HERE = False  # whether start_ray connected this process (a Ray it found connected is not its own)
+def ray_is_up() -> bool:
+    """Whether this process is connected to Ray already."""
+    return ray.is_initialized()
 
 
-def stop_ray_started_here() -> None:
-    """Disconnect (and stop a local Ray) where ``start_ray`` connected: an input error found while Ray was
-    starting leaves no Ray behind."""
-    global _STARTED_HERE
-    if _STARTED_HERE and ray.is_initialized():
+def stop_ray(was_up: bool) -> None:
+    """Disconnect (and stop a local Ray) unless Ray was up before ``start_ray`` (a sweep trial's, say):
+    an input error found while Ray was starting leaves no Ray behind."""
+    if not was_up and ray.is_initialized():
         ray.shutdown()
-    _STARTED_HERE = False
 
 
 def _stop_on_sigterm(signum, frame) -> None:
