@@ -259,6 +259,9 @@ class TrainerConfig:
     rollout_batch_size: int = bounded(8, ge=1)  # rlhf: prompts per step (x algorithm.n_samples responses)
     mini_batch_size: int = bounded(8, ge=1)  # samples (dpo / rm: pairs) per optimizer step, across ranks
     micro_batch_size: int = bounded(8, ge=1)  # samples (pairs) per forward on one rank
+    shuffle_groups: bool = True  # rlhf: shuffle whole prompt groups (the n_samples rows of a prompt) into
+    # micro-batches, so a micro-batch runs each prompt through the model once for all its responses
+    # (workers/common.py shared_prompt_logits); false: rows one by one (a group then rarely shares)
     lr_warmup_steps: int = bounded(0, ge=0)  # linear warm-up: optimizer step k (1-based) uses lr * k / N for k <= N
     # (0: none); the lr of each step is logged as ``lr``
     max_nonfinite_steps: int = bounded(3, ge=0)  # stop after this many consecutive steps whose every update was non-finite

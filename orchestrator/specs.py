@@ -40,6 +40,7 @@ class TrainerSpec:
     zero_stage: int = 0
     mini_batch_size: int = 8  # across ranks
     micro_batch_size: int = 8
+    shuffle_groups: bool = True  # rows sharing a prompt stay together when shuffled into micro-batches
     lr_warmup_steps: int = 0
     dist_timeout_s: int = 300
     algorithm: dict = field(default_factory=dict)
@@ -49,7 +50,7 @@ class TrainerSpec:
         t = cfg.trainer
         algorithm = OmegaConf.to_container(cfg.algorithm) if cfg.algorithm is not None else {}
         return cls(ProcessSpec.of(cfg), objective, t.critic_lr if objective == "value" else t.lr, t.weight_decay,
-                   t.grad_clip, t.zero_stage, t.mini_batch_size, t.micro_batch_size, t.lr_warmup_steps,
+                   t.grad_clip, t.zero_stage, t.mini_batch_size, t.micro_batch_size, t.shuffle_groups, t.lr_warmup_steps,
                    t.dist_timeout_s, algorithm)
 
 

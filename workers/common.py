@@ -117,14 +117,76 @@ def keeps_logits(model) -> bool:
 def response_logits(model, batch: dict) -> torch.Tensor:
     """Logits ``[B, T, V]`` that predict each response token. The output head runs only on the last
     ``T + 1`` positions when the model allows it (on SmolLM2 the head is ~20% of a forward's work and
-    the prompt often more than half of the positions)."""
+    the prompt often more than half of the positions). Rows that share a prompt (a GRPO group, a DPO
+    pair) run it once: see ``shared_prompt_logits``."""
     prompt_len = batch["prompt_len"]
     resp_len = batch["response_mask"].shape[1]
+    if keeps_logits(model) and resp_len > 1:
+        groups = prompt_groups(batch)
+        if groups is not None:
+            logits = shared_prompt_logits(model, batch, *groups)
+            if logits is not None:
+                return logits
     inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                   position_ids=batch["position_ids"], use_cache=False)
     if keeps_logits(model):  # positions P-1 .. P+T-1 of P+T; the last one predicts nothing we score
         return model(**inputs, logits_to_keep=resp_len + 1).logits[:, :resp_len].float()
     return model(**inputs).logits[:, prompt_len - 1 : prompt_len - 1 + resp_len].float()
+
+
+def prompt_groups(batch: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(first, group)`` when some rows of a ``[B, P+T]`` batch share their (left-padded) prompt: the
+    first row of each distinct prompt, and each row's index into ``first``. None when none do."""
+    p = batch["prompt_len"]
+    key = torch.cat([batch["input_ids"][:, :p], batch["attention_mask"][:, :p]], dim=1)
+    distinct, group = torch.unique(key, dim=0, return_inverse=True)
+    n = key.shape[0]
+    if distinct.shape[0] == n:
+        return None
+    first = torch.full((distinct.shape[0],), n).scatter_reduce(0, group, torch.arange(n), "amin")
+    return first, group
+
+
+def shuffled_order(batch: dict, gen: torch.Generator, by_group: bool) -> torch.Tensor:
+    """A random order of the batch's rows (pairs). ``by_group``: rows that share a prompt stay next to
+    each other (their groups in random order, each in its batch order), so that a micro-batch holds
+    whole groups and runs each prompt once (``shared_prompt_logits``)."""
+    n = batch["input_ids"].shape[0]
+    groups = prompt_groups(batch) if by_group and batch["input_ids"].dim() == 2 else None
+    if groups is None:
+        return torch.randperm(n, generator=gen)
+    first, group = groups
+    place = torch.empty_like(first)
+    place[torch.randperm(first.shape[0], generator=gen)] = torch.arange(first.shape[0])
+    return torch.argsort(place[group] * n + torch.arange(n))
+
+
+def shared_prompt_logits(model, batch: dict, first: torch.Tensor, group: torch.Tensor) -> torch.Tensor | None:
+    """Response logits ``[B, T, V]`` computed with each distinct prompt run through the model once: its
+    keys and values (a ``DynamicCache``, indexed per row, so gradients from every row flow back into the
+    one prompt forward) are what the rows' responses attend to. The same numbers as one forward per row
+    up to float rounding, for fewer FLOPs: with 4 samples of a 40-token prompt and 32-token responses,
+    43% fewer positions. None (the caller runs whole rows) for a model whose cache is not plain per-layer
+    keys and values, e.g. sliding-window attention, whose prompt cache keeps only the window (found on the
+    first call, then remembered on the model so it is not tried again)."""
+    from transformers.cache_utils import DynamicLayer
+
+    core = getattr(model, "module", model)  # a DeepSpeed engine's model
+    if getattr(core, "tether_whole_rows_only", False):
+        return None
+    p = batch["prompt_len"]
+    ids, mask, pos = batch["input_ids"], batch["attention_mask"], batch["position_ids"]
+    head = model(input_ids=ids[first, :p], attention_mask=mask[first, :p], position_ids=pos[first, :p],
+                 use_cache=True, logits_to_keep=1)
+    cache = head.past_key_values
+    if not all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None])):
+        core.tether_whole_rows_only = True
+        return None
+    cache.batch_select_indices(group)
+    # response tokens 0 .. T-2 as inputs (the last one predicts nothing we score), after the P cached positions
+    tail = model(input_ids=ids[:, p:-1], attention_mask=mask[:, :-1], position_ids=pos[:, p:-1],
+                 past_key_values=cache, use_cache=True)
+    return torch.cat([head.logits[group], tail.logits], dim=1).float()
 
 
 def policy_logits(model, batch: dict) -> torch.Tensor:

@@ -18,7 +18,8 @@ import torch
 
 from orchestrator import quiet
 from orchestrator.specs import TrainerSpec
-from workers.common import DTYPES, batched_logprobs, device_for, disable_dropout, ThreadShare, setup_process, split_batch, to_device
+from workers.common import (DTYPES, ThreadShare, batched_logprobs, device_for, disable_dropout, setup_process,
+                            shuffled_order, split_batch, to_device)
 from workers.objectives import OBJECTIVES, values
 from workers.safe_torch_load import use_safe_loading
 
@@ -178,7 +179,7 @@ class TrainerRank(ThreadShare):
         micro = min(self.spec.micro_batch_size, self.per_rank_mini)
         gas = max(1, self.per_rank_mini // micro)
         for _ in range(epochs):
-            order = torch.randperm(n, generator=gen)
+            order = shuffled_order(batch, gen, self.spec.shuffle_groups)
             shuffled = {k: (v[order] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
             chunks = split_batch(shuffled, micro)
             for start in range(0, len(chunks), gas):
