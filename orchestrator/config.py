@@ -303,6 +303,9 @@ class ClusterConfig:
     # (trainer ranks of one group; reference, old log-probs and values while they run together); see
     # orchestrator/threads.py. A number fixes every actor's threads.
     torch_threads: Optional[int] = bounded(None, ge=1)
+    # each actor's process keeps the memory it frees for reuse (glibc: no mmap per large tensor, no trim), so a
+    # step does not fault in and zero its activations' pages again; RSS stays at the step's peak
+    keep_freed_memory: bool = True
     max_restarts: int = bounded(3, ge=0)  # Ray restarts of a dead rollout / reward actor (weights re-sent, call redone)
     dashboard: bool = False  # start the Ray dashboard with a local Ray (bound to 127.0.0.1)
 

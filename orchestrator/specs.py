@@ -21,10 +21,13 @@ class ProcessSpec:
     dtype: str = "float32"  # model.dtype
     trust_remote_code: bool = False  # model.trust_remote_code
     torch_threads: int | None = None  # cluster.torch_threads (None: auto, orchestrator/threads.py)
+    keep_freed_memory: bool = True  # cluster.keep_freed_memory (workers/common.py)
 
     @classmethod
     def of(cls, cfg) -> "ProcessSpec":
-        return cls(cfg.seed, cfg.device, cfg.model.dtype, cfg.model.trust_remote_code, cfg.cluster.torch_threads)
+        c = cfg.cluster
+        return cls(cfg.seed, cfg.device, cfg.model.dtype, cfg.model.trust_remote_code, c.torch_threads,
+                   c.keep_freed_memory)
 
 
 @dataclass(frozen=True)
