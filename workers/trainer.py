@@ -53,6 +53,17 @@ def deepspeed_config(spec: TrainerSpec, per_rank_mini: int) -> dict:
     }
 
 
+def own_memory(model) -> None:
+    """Give every parameter memory of this process's own. Loaded from safetensors on CPU, the weights can
+    stay views of the mapped checkpoint file; the first optimizer step then writes into them and the kernel
+    copies the file's pages one by one as they are written (SmolLM2-135M: a first ``step()`` of 1.1 s and
+    2 s of kernel time instead of 0.05 s). One copy up front takes 0.13 s. Tied weights stay tied (one
+    parameter object, new data)."""
+    with torch.no_grad():
+        for param in model.parameters():
+            param.data = param.data.clone()
+
+
 class TrainerRank(ThreadShare):
     """One rank of a policy or critic training group."""
 
@@ -90,6 +101,8 @@ class TrainerRank(ThreadShare):
 
             self._hf_ds = HfDeepSpeedConfig(ds_config)
         model = self._build_model(self.model_path)
+        if spec.process.device == "cpu" and spec.zero_stage < 3:  # ZeRO-3 has copied its partitions already
+            own_memory(model)
         # the fused kernel (CPU and CUDA) updates all tensors in one pass: 0.04 s instead of 0.15 s a step on
         # SmolLM2-135M, 2 cores; the HF Trainer's default (adamw_torch_fused) too
         optim = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=spec.weight_decay, fused=True)
