@@ -5,7 +5,8 @@ of every process of the run.
 
 Time to first step: from just before the process starts to the moment metrics.jsonl first holds a step-1
 row (polled every 0.2 s). Step times: ``time/step`` and every phase (``time/generate``, ``time/train``, ...)
-of each row. Memory: the resident set (RSS) of the driver and of every Ray worker process under it,
+of each row. CPU: the seconds each process of the run had used when step 1's row appeared (the start-up's
+work: what two cores must share before the first step). Memory: the resident set (RSS) of the driver and of every Ray worker process under it,
 sampled every 0.2 s; Ray titles a worker process ``ray::<actor class>...``, which names it here. Besides
 each one's peak, its RSS when each step's row appears shows whether anything grows step over step.
 """
@@ -66,6 +67,23 @@ def processes(proc: psutil.Process, names: dict[int, str]) -> dict:
     return out
 
 
+def cpu_seconds(proc: psutil.Process, names: dict[int, str], used: dict[int, float]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by the driver, each Ray actor (by its class, as ``names`` knows
+    it) and the rest of Ray's processes together (GCS, raylet, dashboard, agents, idle workers). ``used`` keeps
+    each process's last reading, so one that has exited still counts."""
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            used[p.pid] = t.user + t.system
+        except psutil.Error:
+            pass
+    out: dict[str, float] = {}
+    for pid, secs in used.items():
+        label = "driver" if pid == proc.pid else names.get(pid, "Ray")
+        out[label] = round(out.get(label, 0.0) + secs, 2)
+    return out
+
+
 def labelled(rss: dict, names: dict[int, str]) -> dict[str, int]:
     """``{"ActorClass pid" | "driver": MiB}`` with each process's last known actor class."""
     return {(k if k == "driver" else f"{names.get(k, 'actor')} {k}"): round(v / 2**20) for k, v in rss.items()}
@@ -80,10 +98,11 @@ def main(work_name, model_dir, out, work, *overrides):
     t0 = time.time()
     proc = subprocess.Popen(cmd, cwd=os.environ.get("BENCH_TETHER_ROOT", c.ROOT))  # bench.py's baseline: another checkout
     ps = psutil.Process(proc.pid)
-    first, peak, at_steps, seen, names = None, {}, [], 0, {}
+    first, peak, at_steps, seen, names, cpu, cpu_first, used = None, {}, [], 0, {}, {}, {}, {}
     while proc.poll() is None:
         try:
             now = processes(ps, names)
+            cpu = cpu_seconds(ps, names, used)
         except psutil.Error:
             now = {}
         for k, v in now.items():
@@ -93,7 +112,7 @@ def main(work_name, model_dir, out, work, *overrides):
             seen = done
             at_steps.append(now)
             if first is None:
-                first = time.time() - t0
+                first, cpu_first = time.time() - t0, cpu
         time.sleep(0.2)
     total = time.time() - t0
     if proc.returncode != 0:
@@ -106,7 +125,7 @@ def main(work_name, model_dir, out, work, *overrides):
     res = c.summary(phases["time/step"], first if first is not None else total, total_s=total,
                     overrides=list(overrides), phases=phases, phase_medians=medians,
                     peak_rss_mb=labelled(peak, names), rss_at_steps_mb=[labelled(r, names) for r in at_steps],
-                    reward=[r.get("reward/mean") for r in data],
+                    reward=[r.get("reward/mean") for r in data], cpu_to_first_step_s=cpu_first,
                     logged_to_first_step_s=data[0].get("time/to_first_step") if data else None,
                     start_stages_s={k[11:]: v for k, v in (data[0] if data else {}).items() if k.startswith("time/start/")})
     json.dump(res, open(out, "w"), indent=1)
