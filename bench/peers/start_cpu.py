@@ -9,11 +9,8 @@ start-up used. With the same CPU work, a time to first step can fall only as far
 """
 
 import datetime
-import json
 import os
 import statistics
-import tempfile
-from pathlib import Path
 
 import bench
 
@@ -21,8 +18,9 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
 STEPS = "trainer.max_steps=3"  # the step-time median needs 3 steps; the start is what is measured here
 
 
-def one(work: str, model: str, root: Path | None) -> dict:
-    label = f"{work} / {bench.BASELINE_LABEL}" if root else f"{work} / Tether"
+def one(work: str, model: str, baseline: bool) -> dict:
+    """One run of ``work``; ``bench.run`` starts the baseline's from its checkout (by the label)."""
+    label = f"{work} / {bench.BASELINE_LABEL}" if baseline else f"{work} / Tether"
     return bench.run(label, bench.sys.executable, "tether_run.py", model, [work, *bench.M, STEPS])
 
 
@@ -54,8 +52,8 @@ def main(works: list[str]) -> None:
     for work in works:
         runs: dict[str, list[dict]] = {"Tether": [], f"Tether at {bench.BASELINE}": []}
         for _ in range(ROUNDS):
-            runs[f"Tether at {bench.BASELINE}"].append(one(work, model, bench.baseline_checkout()))
-            runs["Tether"].append(one(work, model, None))
+            runs[f"Tether at {bench.BASELINE}"].append(one(work, model, True))
+            runs["Tether"].append(one(work, model, False))
         lines += table(work, runs)
     (bench.RESULTS / "start_cpu.md").write_text("\n".join(lines))
     print("\n".join(lines))

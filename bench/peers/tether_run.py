@@ -6,9 +6,9 @@ of every process of the run.
 Time to first step: from just before the process starts to the moment metrics.jsonl first holds a step-1
 row (polled every 0.2 s). Step times: ``time/step`` and every phase (``time/generate``, ``time/train``, ...)
 of each row. CPU: the seconds each process of the run had used when step 1's row appeared (the start-up's
-work: what two cores must share before the first step). Memory: the resident set (RSS) of the driver and of every Ray worker process under it,
-sampled every 0.2 s; Ray titles a worker process ``ray::<actor class>...``, which names it here. Besides
-each one's peak, its RSS when each step's row appears shows whether anything grows step over step.
+work: what the cores must share before the first step). Memory: the resident set (RSS) of the driver and of
+every Ray worker process under it, sampled every 0.2 s; Ray titles a worker process ``ray::<actor class>...``,
+which names it here. Besides each one's peak, its RSS when each step's row appears shows whether anything grows step over step.
 """
 
 import json
@@ -50,12 +50,16 @@ def rows(path: Path) -> list[dict]:
     return [r for r in out if "time/step" in r]
 
 
-def processes(proc: psutil.Process, names: dict[int, str]) -> dict:
+def processes(proc: psutil.Process, names: dict[int, str], used: dict[int, float]) -> dict:
     """RSS in bytes of the driver and of each Ray actor process under it (by pid). Ray titles
-    an actor's process ``ray::ActorClass`` or ``ray::<actor name>`` over time; ``names`` keeps the class."""
+    an actor's process ``ray::ActorClass`` or ``ray::<actor name>`` over time; ``names`` keeps the class.
+    The same walk stores each process's CPU seconds so far (user + system) in ``used``, Ray's own processes
+    included; a process that has exited keeps its last reading."""
+    used[proc.pid] = sum(proc.cpu_times()[:2])
     out = {"driver": proc.memory_info().rss}
     for child in proc.children(recursive=True):
         try:
+            used[child.pid] = sum(child.cpu_times()[:2])
             actor = re.match(r"ray::([\w-]+)", " ".join(child.cmdline()))
             if actor is None or actor.group(1) in ("IDLE", "DashboardAgent", "RuntimeEnvAgent"):
                 continue
@@ -67,19 +71,12 @@ def processes(proc: psutil.Process, names: dict[int, str]) -> dict:
     return out
 
 
-def cpu_seconds(proc: psutil.Process, names: dict[int, str], used: dict[int, float]) -> dict[str, float]:
-    """CPU seconds (user + system) used so far by the driver, each Ray actor (by its class, as ``names`` knows
-    it) and the rest of Ray's processes together (GCS, raylet, dashboard, agents, idle workers). ``used`` keeps
-    each process's last reading, so one that has exited still counts."""
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            t = p.cpu_times()
-            used[p.pid] = t.user + t.system
-        except psutil.Error:
-            pass
+def cpu_by_process(driver: int, names: dict[int, str], used: dict[int, float]) -> dict[str, float]:
+    """``used`` summed as ``{"driver" | actor class | "Ray": CPU seconds}``; "Ray" is the rest of Ray's
+    processes together (GCS, raylet, dashboard, agents, idle workers)."""
     out: dict[str, float] = {}
     for pid, secs in used.items():
-        label = "driver" if pid == proc.pid else names.get(pid, "Ray")
+        label = "driver" if pid == driver else names.get(pid, "Ray")
         out[label] = round(out.get(label, 0.0) + secs, 2)
     return out
 
@@ -98,11 +95,10 @@ def main(work_name, model_dir, out, work, *overrides):
     t0 = time.time()
     proc = subprocess.Popen(cmd, cwd=os.environ.get("BENCH_TETHER_ROOT", c.ROOT))  # bench.py's baseline: another checkout
     ps = psutil.Process(proc.pid)
-    first, peak, at_steps, seen, names, cpu, cpu_first, used = None, {}, [], 0, {}, {}, {}, {}
+    first, peak, at_steps, seen, names, used, cpu_first = None, {}, [], 0, {}, {}, {}
     while proc.poll() is None:
         try:
-            now = processes(ps, names)
-            cpu = cpu_seconds(ps, names, used)
+            now = processes(ps, names, used)
         except psutil.Error:
             now = {}
         for k, v in now.items():
@@ -112,7 +108,7 @@ def main(work_name, model_dir, out, work, *overrides):
             seen = done
             at_steps.append(now)
             if first is None:
-                first, cpu_first = time.time() - t0, cpu
+                first, cpu_first = time.time() - t0, cpu_by_process(ps.pid, names, used)
         time.sleep(0.2)
     total = time.time() - t0
     if proc.returncode != 0:
