@@ -146,7 +146,7 @@ def plot(results: dict, path: Path) -> None:
     colors = {}
     for ax, (work, cols) in zip(axes[0], results.items()):
         for i, (name, r) in enumerate(cols.items()):
-            if "median_s" not in r:
+            if r.get("median_s") is None:
                 continue
             parts = {k[5:]: v for k, v in r.get("phase_medians", {}).items() if k != "time/step"} or {"step": r["median_s"]}
             parts["other"] = max(0.0, r["median_s"] - sum(parts.values())) if "phase_medians" in r else 0.0

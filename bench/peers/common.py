@@ -41,8 +41,10 @@ def encode(tok, data: list[dict]) -> list[dict]:
 
 
 def summary(step_s: list[float], first_step_s: float | None, **extra) -> dict:
-    """Median of steps 3..N (1-based) after warm-up, plus every step and the time to first step."""
-    return {"median_s": statistics.median(step_s[2:]), "steps_s": step_s, "first_step_s": first_step_s, **extra}
+    """Median of steps 3..N (1-based) after warm-up (None with fewer than 3 steps), plus every step and the
+    time to first step."""
+    median = statistics.median(step_s[2:]) if len(step_s) > 2 else None
+    return {"median_s": median, "steps_s": step_s, "first_step_s": first_step_s, **extra}
 
 
 def since_start(t0_env: str | None) -> float | None:

@@ -11,6 +11,7 @@ start-up used. With the same CPU work, a time to first step can fall only as far
 import datetime
 import os
 import statistics
+import sys
 
 import bench
 
@@ -21,7 +22,7 @@ STEPS = "trainer.max_steps=3"  # the step-time median needs 3 steps; the start i
 def one(work: str, model: str, baseline: bool) -> dict:
     """One run of ``work``; ``bench.run`` starts the baseline's from its checkout (by the label)."""
     label = f"{work} / {bench.BASELINE_LABEL}" if baseline else f"{work} / Tether"
-    return bench.run(label, bench.sys.executable, "tether_run.py", model, [work, *bench.M, STEPS])
+    return bench.run(label, sys.executable, "tether_run.py", model, [work, *bench.M, STEPS])
 
 
 def table(work: str, runs: dict[str, list[dict]]) -> list[str]:
@@ -38,7 +39,8 @@ def table(work: str, runs: dict[str, list[dict]]) -> list[str]:
             total = sum(cpu.values())
             out.append(f"| {name} | {r['first_step_s']:.1f} s | {total / (cores * r['first_step_s']):.0%} | {total:.1f} | "
                        + " | ".join(f"{cpu.get(k, 0):.1f}" for k in labels) + " |")
-    med = {n: statistics.median(r["first_step_s"] for r in rs if "error" not in r) for n, rs in runs.items()}
+    med = {n: statistics.median([r["first_step_s"] for r in rs if "error" not in r] or [float("nan")])
+           for n, rs in runs.items()}
     now, before = med["Tether"], med[f"Tether at {bench.BASELINE}"]
     out += ["", f"Median time to first step: {now:.1f} s against {before:.1f} s ({now / before:.2f}x).", ""]
     return out
@@ -48,7 +50,7 @@ def main(works: list[str]) -> None:
     model = bench.model_dir()
     lines = ["# Time to first step: CPU seconds by process", "",
              f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, "
-             f"{bench.versions(bench.sys.executable)}; `bench/peers/start_cpu.py`, {ROUNDS} rounds alternating.", ""]
+             f"{bench.versions(sys.executable)}; `bench/peers/start_cpu.py`, {ROUNDS} rounds alternating.", ""]
     for work in works:
         runs: dict[str, list[dict]] = {"Tether": [], f"Tether at {bench.BASELINE}": []}
         for _ in range(ROUNDS):
@@ -60,4 +62,4 @@ def main(works: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(bench.sys.argv[1:] or ["dpo"])
+    main(sys.argv[1:] or ["dpo"])
